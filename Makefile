@@ -1,0 +1,51 @@
+# bnb8 — every command a user or CI needs. Each target creates what it needs from nothing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of torch by default. A GPU user: `make install TORCH_SPEC=torch TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu128`
+# or install torch into $(VENV) first (any torch >= 2.4 is kept as it is).
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv install ext test test-slow test-all lint format bench bench-baseline wheel run gpu-check clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+venv: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+
+# Editable install: Python files load from this tree, the native module is built into build/.
+install: venv
+	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+
+# Rebuild only the native module after editing ext/ (seconds, incremental).
+ext:
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+run: install
+	$(PY) -m profiler run smoke
+
+# A wheel built in an isolated environment: proves the build needs no torch.
+wheel: venv
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
+clean:
+	rm -rf build dist .pytest_cache .benchmarks
