@@ -1,0 +1,70 @@
+"""Registers the C++ kernels (``bnb8._C.cpu_*``) for CPU tensors on the ops of ``bnb8._ops``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bnb8 import _native, _ops
+from bnb8._native import C, address
+
+
+def _codes_addresses(tensors: list[Tensor]) -> list[int]:
+    return [address(t) for t in tensors] + [0] * (C.MAX_STATES - len(tensors))
+
+
+@_ops.quantize_blockwise_.register_kernel("cpu")
+def _(A, thresholds, bucket_lo, blocksize, codes, absmax):
+    C.cpu_quantize_blockwise(
+        _native.dtype_code(A, "A"), A.data_ptr(), codes.data_ptr(), absmax.data_ptr(), A.numel(), blocksize,
+        0, thresholds.data_ptr(), address(bucket_lo), _native.num_threads(), 0,
+    )  # fmt: skip
+
+
+@_ops.dequantize_blockwise_.register_kernel("cpu")
+def _(codes, absmax, code, blocksize, out):
+    C.cpu_dequantize_blockwise(
+        _native.dtype_code(out, "out"), out.data_ptr(), codes.data_ptr(), absmax.data_ptr(), codes.numel(),
+        blocksize, code.data_ptr(), 0, 0, _native.num_threads(), 0,
+    )  # fmt: skip
+
+
+def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, bucket_lo, hyper, scales,
+                 nonfinite, norms):  # fmt: skip
+    if not params:
+        return
+    quantized = bool(states[0]) and states[0][0].dtype == torch.uint8
+    fn(
+        _native.rule_index(rule),
+        _native.dtype_code(params[0], "params"),
+        quantized,
+        _native.slot_table(params, grads, [s for s in states if s], [a for a in absmaxes if a]),
+        _native.hyper_struct(hyper),
+        _codes_addresses(qmaps),
+        _codes_addresses(thresholds),
+        _codes_addresses(bucket_lo),
+        address(scales),
+        address(nonfinite),
+        address(norms),
+        _native.num_threads(),
+        0,
+    )
+
+
+@_ops.optimizer_update_.register_kernel("cpu")
+def _(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, thresholds, bucket_lo,
+      hyper, scales, nonfinite):  # fmt: skip
+    _update_call(
+        C.cpu_optimizer_update, rule, params, grads, [state1, state2, state3], [absmax1, absmax2, absmax3],
+        qmaps, thresholds, bucket_lo, hyper, scales, nonfinite, None,
+    )  # fmt: skip
+
+
+@_ops.optimizer_norms.register_kernel("cpu")
+def _(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, hyper, scales):
+    norms = torch.zeros((len(params), 2), dtype=torch.float32)
+    _update_call(
+        C.cpu_optimizer_norms, rule, params, grads, [state1, state2, state3], [absmax1, absmax2, absmax3],
+        qmaps, [], [], hyper, scales, None, norms,
+    )  # fmt: skip
+    return norms

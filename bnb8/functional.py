@@ -1,0 +1,261 @@
+"""Stateless public operations: quantization maps and block-wise quantization.
+
+Names, arguments and meaning follow ``bitsandbytes.functional`` so code ports unchanged::
+
+    import bnb8.functional as F
+    codes, state = F.quantize_blockwise(x, blocksize=256)
+    x_hat = F.dequantize_blockwise(codes, state)
+
+Every element is stored as the index of the code nearest to ``x / absmax`` of its block (exactly:
+ties go to the lower code index), so the error of a round trip is at most half a code gap times the
+block's absmax.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bnb8 import _native, _ops
+
+__all__ = [
+    "QuantState",
+    "code_search_tables",
+    "create_dynamic_map",
+    "dequantize_blockwise",
+    "quantize_blockwise",
+]
+
+BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
+    """The dynamic (tree) quantization map of Dettmers et al. (2022), as 2**total_bits sorted float32.
+
+    Each decade 10**-k holds evenly spaced codes between 0.1 and 1 of it; finer decades near 1 get more
+    codes. ``signed=True`` mirrors the codes for negative values (first moments); ``signed=False``
+    spends every code on [0, 1] (second moments). The values equal bitsandbytes' for the same arguments.
+    """
+    if total_bits < 2 or total_bits > 8:
+        raise ValueError(f"total_bits: expected an integer in 2..8, got {total_bits!r}")
+    if max_exponent_bits < 1 or max_exponent_bits >= total_bits:
+        raise ValueError(f"max_exponent_bits: expected 1..total_bits-1, got {max_exponent_bits!r}")
+    values: list[float] = []
+    fraction_bits = total_bits - 1 - max_exponent_bits  # bits left for the linear part of the first decade
+
+    def decade(count: int, scale: float) -> None:
+        # Midpoints of `count` equal steps between 0.1 and 1, in float32 as the reference map is built.
+        # The whole computation stays in float32 tensors, as the reference map is built.
+        edges = torch.linspace(0.1, 1, count + 1, dtype=torch.float32)
+        mids = (edges[:-1] + edges[1:]) / 2.0
+        values.extend((scale * mids).tolist())
+        if signed:
+            values.extend((-scale * mids).tolist())
+
+    for exponent in range(max_exponent_bits):
+        count = 2 ** (exponent + fraction_bits + (0 if signed else 1))
+        decade(count, 10 ** (exponent - max_exponent_bits + 1))
+    extra = 2**fraction_bits - 1
+    if extra > 0:
+        decade(extra, 10 ** (max_exponent_bits - 1 - max_exponent_bits + 1))
+    values += [0.0, 1.0]
+    values += [0.0] * (256 - len(values))  # smaller maps are padded with zeros to a full 8-bit table
+    return torch.tensor(sorted(values), dtype=torch.float32)
+
+
+@functools.cache
+def _dynamic_map_cpu(signed: bool) -> torch.Tensor:
+    return create_dynamic_map(signed=signed)
+
+
+def dynamic_map(signed: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A fresh copy of the default 8-bit dynamic map on ``device``."""
+    return _dynamic_map_cpu(signed).to(device, copy=True)
+
+
+def _check_code(code: torch.Tensor, name: str = "code") -> None:
+    if not isinstance(code, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of 256 float32 values, got {type(code).__name__}")
+    if code.dtype != torch.float32 or code.numel() != 256:
+        raise ValueError(f"{name}: expected 256 float32 values, got {code.numel()} values of {code.dtype}")
+    cpu = code.detach().reshape(-1).cpu()
+    if not torch.isfinite(cpu).all():
+        raise ValueError(f"{name}: the code table holds NaN or Inf")
+    if (cpu[1:] < cpu[:-1]).any():
+        raise ValueError(f"{name}: the 256 code values must be sorted in ascending order")
+
+
+_search_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+
+def _build_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Exact decision thresholds and the bucket table of ext/include/bnb8/quantize.h, built on the CPU."""
+    c = code.detach().reshape(-1).cpu().double()
+    mid = (c[:-1] + c[1:]) / 2  # exact: float32 + float32 fits a double
+    thr = mid.float()
+    below = torch.nextafter(thr, torch.full_like(thr, -math.inf))
+    thr = torch.where(thr.double() > mid, below, thr)  # round down, so `y > thr` decides exactly
+    thr = torch.cat([thr, torch.tensor([math.inf])])
+    if c[0] < -1 or c[-1] > 1:
+        return thr, None  # normalized values are clamped to [-1, 1]: buckets need the code inside it
+    half = _native.C.HALF_BUCKETS
+    shift = 23 - _native.C.BUCKET_MANTISSA_BITS
+    floor_bits = _native.C.BUCKET_MIN_EXPONENT << 23
+    lo_bits = floor_bits + (torch.arange(half - 1, dtype=torch.int64) << shift)
+    lo_bits = torch.cat([torch.tensor([0]), lo_bits])
+    hi_bits = torch.cat([torch.tensor([floor_bits - 1]), lo_bits[1:] + (1 << shift) - 1])
+    mag_lo = lo_bits.to(torch.int32).view(torch.float32)
+    mag_hi = hi_bits.to(torch.int32).view(torch.float32)
+    y_min = torch.cat([mag_lo, -mag_hi])  # smallest value of each bucket: positive half, then negative
+    y_max = torch.cat([mag_hi, -mag_lo])
+    lo = torch.searchsorted(thr, y_min)  # thresholds below the bucket
+    inside = torch.searchsorted(thr, y_max) - lo  # thresholds a value of the bucket may cross
+    if int(inside.max()) > 1:
+        return thr, None
+    return thr, lo.to(torch.int32)
+
+
+def code_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(thresholds, bucket_lo) for ``code`` on its device; bucket_lo is None when bisection is needed.
+
+    Cached by the code's content, so the optimizer's maps are built once per device.
+    """
+    key = (code.device, tuple(code.detach().reshape(-1).cpu().tolist()))
+    tables = _search_cache.get(key)
+    if tables is None:
+        thr, lo = _build_search_tables(code)
+        tables = (thr.to(code.device), None if lo is None else lo.to(code.device))
+        if len(_search_cache) > 64:
+            _search_cache.clear()
+        _search_cache[key] = tables
+    return tables
+
+
+@dataclass
+class QuantState:
+    """What dequantization needs besides the codes (the fields of bitsandbytes' QuantState).
+
+    ``nested=True`` stores absmax itself 8-bit quantized (``state2``) around its mean (``offset``).
+    """
+
+    absmax: torch.Tensor
+    shape: torch.Size
+    code: torch.Tensor
+    blocksize: int
+    dtype: torch.dtype
+    offset: torch.Tensor | None = None
+    state2: QuantState | None = None
+
+    @property
+    def nested(self) -> bool:
+        return self.state2 is not None
+
+
+def _check_blocksize(blocksize: int) -> None:
+    if blocksize not in BLOCKSIZES:
+        raise ValueError(f"blocksize: expected one of {BLOCKSIZES}, got {blocksize!r}")
+
+
+def quantize_blockwise(
+    A: torch.Tensor,
+    code: torch.Tensor | None = None,
+    absmax: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    blocksize: int = 4096,
+    nested: bool = False,
+) -> tuple[torch.Tensor, QuantState]:
+    """Quantize ``A`` to uint8 codes, one float32 scale (absmax) per block of ``blocksize`` elements.
+
+    Args:
+        A (Tensor): float32, float16 or bfloat16 values, any shape; NaN or Inf is an error.
+        code (Tensor, optional): 256 sorted float32 codes in the scale of [-1, 1]
+            (default: ``create_dynamic_map(signed=True)``).
+        absmax (Tensor, optional): float32 output buffer of ``ceil(A.numel() / blocksize)`` elements.
+        out (Tensor, optional): uint8 output buffer with ``A.numel()`` elements.
+        blocksize (int, optional): one of 64, 128, ..., 4096 (default: 4096).
+        nested (bool, optional): also quantize absmax, in blocks of 256 (default: False).
+
+    Returns:
+        (codes, QuantState): codes shaped like ``A`` and what :func:`dequantize_blockwise` needs.
+    """
+    _native.check_float_tensor(A, "A")
+    _check_blocksize(blocksize)
+    if code is None:
+        code = dynamic_map(True, A.device)
+    _check_code(code)
+    _native.check_same_device(A, code=code)
+    A = A.contiguous()
+    nblocks = (A.numel() + blocksize - 1) // blocksize
+    absmax = _native.output_buffer(absmax, "absmax", (nblocks,), torch.float32, A.device)
+    out = _native.output_buffer(out, "out", A.shape, torch.uint8, A.device)
+    thresholds, bucket_lo = code_search_tables(code)
+    _ops.quantize_blockwise_(A, thresholds, bucket_lo, blocksize, out.view(-1), absmax)
+    if A.numel() and not torch.isfinite(absmax).all():
+        raise ValueError("A: holds NaN or Inf; block-wise quantization needs finite values")
+    state = QuantState(absmax=absmax, shape=A.shape, code=code, blocksize=blocksize, dtype=A.dtype)
+    if nested:
+        offset = absmax.mean()
+        inner_codes, inner_state = quantize_blockwise(absmax - offset, blocksize=256)
+        state = QuantState(
+            absmax=inner_codes,
+            shape=A.shape,
+            code=code,
+            blocksize=blocksize,
+            dtype=A.dtype,
+            offset=offset,
+            state2=inner_state,
+        )
+    return out, state
+
+
+def dequantize_blockwise(
+    A: torch.Tensor,
+    quant_state: QuantState | None = None,
+    absmax: torch.Tensor | None = None,
+    code: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    blocksize: int = 4096,
+    nested: bool = False,
+) -> torch.Tensor:
+    """Inverse of :func:`quantize_blockwise`: ``code[A] * absmax`` of each block.
+
+    Pass either ``quant_state`` or ``absmax`` (+ ``code``, ``blocksize``). Without a quant_state the
+    output is float32 (or ``out``'s dtype).
+    """
+    if not isinstance(A, torch.Tensor) or A.dtype != torch.uint8:
+        got = A.dtype if isinstance(A, torch.Tensor) else type(A).__name__
+        raise TypeError(f"A: expected a uint8 tensor of codes, got {got}")
+    if quant_state is None:
+        if absmax is None:
+            raise ValueError("dequantize_blockwise: pass quant_state, or absmax (with code and blocksize)")
+        if nested:
+            raise ValueError("nested=True needs the quant_state returned by quantize_blockwise(nested=True)")
+        quant_state = QuantState(
+            absmax=absmax,
+            shape=A.shape,
+            code=code if code is not None else dynamic_map(True, A.device),
+            blocksize=blocksize,
+            dtype=out.dtype if out is not None else torch.float32,
+        )
+    qs = quant_state
+    scales = qs.absmax
+    if qs.nested:
+        scales = dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
+    _check_blocksize(qs.blocksize)
+    _check_code(qs.code, "code")
+    nblocks = (A.numel() + qs.blocksize - 1) // qs.blocksize
+    if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.numel() != nblocks:
+        raise ValueError(
+            f"absmax: expected {nblocks} float32 values (one per block of {qs.blocksize}), got "
+            f"{getattr(scales, 'numel', lambda: '?')()} of {getattr(scales, 'dtype', type(scales).__name__)}"
+        )
+    _native.check_same_device(A, absmax=scales, code=qs.code)
+    out = _native.output_buffer(out, "out", A.shape, qs.dtype, A.device)
+    _native.check_float_tensor(out, "out")
+    _ops.dequantize_blockwise_(
+        A.contiguous().view(-1), scales.contiguous(), qs.code, qs.blocksize, out.view(-1)
+    )
+    return out

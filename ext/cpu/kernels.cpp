@@ -1,0 +1,269 @@
+// bnb8 — CPU block walks around the shared math in ext/include/bnb8/. This file is compiled once per
+// instruction set (BNB8_ISA = avx512 | avx2 | generic); dispatch.cpp picks one at run time.
+// OpenMP spreads blocks over threads; `omp simd` loops over the elements of a block vectorise
+// (gathers for the table lookups, vectorised sqrt/div: built with -fno-math-errno).
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "bnb8/api.h"
+#include "cpu/kernels.h"
+
+namespace bnb8::cpu::BNB8_ISA {
+
+namespace {
+
+// Blocks below this count run on one thread: waking a pool costs more than they take.
+constexpr int64_t kMinParallelBlocks = 16;
+
+template <class T, bool Bucketed>
+void quantize_impl(const QuantizeArgs& a) {
+  using S = typename T::storage;
+  const S* x = reinterpret_cast<const S*>(a.x);
+  uint8_t* codes = reinterpret_cast<uint8_t*>(a.codes);
+  float* absmax = reinterpret_cast<float*>(a.absmax);
+  const int64_t bs = a.blocksize, nblocks = (a.n + bs - 1) / bs;
+  const CodeSearch cs = a.search;
+#pragma omp parallel for num_threads(a.num_threads) schedule(static) if (nblocks >= kMinParallelBlocks)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t start = b * bs, len = std::min(bs, a.n - start);
+    const S* xb = x + start;
+    float m = 0.0f;
+    int32_t bad = 0;
+#pragma omp simd reduction(max : m) reduction(| : bad)
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = T::load(xb[i]);
+      m = std::max(m, fabsf(v));
+      bad |= int32_t(!is_finite(v));
+    }
+    absmax[b] = bad ? nan_absmax() : m;
+    uint8_t* cb = codes + start;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) cb[i] = encode<Bucketed>(T::load(xb[i]), m, cs);
+  }
+}
+
+template <class T>
+void dequantize_impl(const QuantizeArgs& a) {
+  using S = typename T::storage;
+  S* out = reinterpret_cast<S*>(a.x);
+  const uint8_t* codes = reinterpret_cast<const uint8_t*>(a.codes);
+  const float* absmax = reinterpret_cast<const float*>(a.absmax);
+  const float* qmap = a.qmap;
+  const int64_t bs = a.blocksize, nblocks = (a.n + bs - 1) / bs;
+#pragma omp parallel for num_threads(a.num_threads) schedule(static) if (nblocks >= kMinParallelBlocks)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t start = b * bs, len = std::min(bs, a.n - start);
+    const float m = absmax[b];
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) out[start + i] = T::store(decode(codes[start + i], m, qmap));
+  }
+}
+
+// Runs fn(tensor_index, block_index_in_tensor) for every block of every tensor, blocks spread evenly
+// over threads; returns the sum of what fn returns.
+template <class Fn>
+int64_t for_each_block(const UpdateArgs& a, Fn fn) {
+  std::vector<int64_t> first_block(a.num_tensors + 1, 0);
+  for (int64_t t = 0; t < a.num_tensors; ++t)
+    first_block[t + 1] = first_block[t] + (a.slots[t].n + kOptimBlock - 1) / kOptimBlock;
+  const int64_t total = first_block[a.num_tensors];
+  int64_t sum = 0;
+#pragma omp parallel num_threads(a.num_threads) reduction(+ : sum) if (total >= kMinParallelBlocks)
+  {
+    int64_t t = -1;
+#pragma omp for schedule(static)
+    for (int64_t gb = 0; gb < total; ++gb) {
+      if (t < 0 || gb >= first_block[t + 1])
+        t = std::upper_bound(first_block.begin(), first_block.end(), gb) - first_block.begin() - 1;
+      sum += fn(t, gb - first_block[t]);
+    }
+  }
+  return sum;
+}
+
+template <class Rule, class T, bool Quantized, bool Bucketed>
+int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk) {
+  constexpr int NS = Rule::kStates;
+  using S = typename T::storage;
+  const TensorSlot& slot = a.slots[t];
+  const Hyper h = a.hyper;
+  const float gscale = a.scales ? a.scales[2 * t] : 1.0f;
+  const float uscale = a.scales ? a.scales[2 * t + 1] : 1.0f;
+  const int64_t start = blk * kOptimBlock, len = std::min(kOptimBlock, slot.n - start);
+  S* p = reinterpret_cast<S*>(slot.p) + start;
+  const S* g = reinterpret_cast<const S*>(slot.g) + start;
+
+  uint8_t* codes[NS];
+  float* fstate[NS];
+  float* absmax[NS];
+  float old_absmax[NS];
+  const float* qmap[NS];
+  for (int k = 0; k < NS; ++k) {
+    codes[k] = reinterpret_cast<uint8_t*>(slot.state[k]) + start;
+    fstate[k] = reinterpret_cast<float*>(slot.state[k]) + start;
+    absmax[k] = reinterpret_cast<float*>(slot.absmax[k]);
+    old_absmax[k] = Quantized ? absmax[k][blk] : 0.0f;
+    qmap[k] = a.qmap[k];
+  }
+  float fresh[NS][kOptimBlock];  // new state values of this block, before requantization
+  int64_t skipped = 0;
+
+#pragma omp simd reduction(+ : skipped)
+  for (int64_t i = 0; i < len; ++i) {
+    const float gi = T::load(g[i]) * gscale;
+    const float pi = T::load(p[i]);
+    float s[NS], s_old[NS];
+    for (int k = 0; k < NS; ++k) {
+      s[k] = Quantized ? decode(codes[k][i], old_absmax[k], qmap[k]) : fstate[k][i];
+      s_old[k] = s[k];
+    }
+    const float u = Rule::direction(gi, pi, s, h);
+    // A non-finite gradient element leaves its parameter and states as they were.
+    const bool ok = is_finite(gi);
+    const S updated = T::store(apply_update(pi, u, uscale, h));
+    p[i] = ok ? updated : p[i];
+    for (int k = 0; k < NS; ++k) {
+      const float v = ok ? s[k] : s_old[k];
+      if constexpr (Quantized) fresh[k][i] = v;
+      else fstate[k][i] = v;
+    }
+    skipped += int64_t(!ok);
+  }
+
+  if constexpr (Quantized) {
+    for (int k = 0; k < NS; ++k) {
+      const float* f = fresh[k];
+      float m = 0.0f;
+#pragma omp simd reduction(max : m)
+      for (int64_t i = 0; i < len; ++i) m = std::max(m, fabsf(f[i]));
+      absmax[k][blk] = m;
+      const CodeSearch cs = a.search[k];
+      uint8_t* c = codes[k];
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) c[i] = encode<Bucketed>(f[i], m, cs);
+    }
+  }
+  return skipped;
+}
+
+// Sum of u^2 and p^2 over one block, from the same arithmetic as update_block, writing nothing.
+template <class Rule, class T, bool Quantized>
+void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, double* uu, double* pp) {
+  constexpr int NS = Rule::kStates;
+  using S = typename T::storage;
+  const TensorSlot& slot = a.slots[t];
+  const Hyper h = a.hyper;
+  const float gscale = a.scales ? a.scales[2 * t] : 1.0f;
+  const int64_t start = blk * kOptimBlock, len = std::min(kOptimBlock, slot.n - start);
+  const S* p = reinterpret_cast<const S*>(slot.p) + start;
+  const S* g = reinterpret_cast<const S*>(slot.g) + start;
+  const uint8_t* codes[NS];
+  const float* fstate[NS];
+  float old_absmax[NS];
+  const float* qmap[NS];
+  for (int k = 0; k < NS; ++k) {
+    codes[k] = reinterpret_cast<const uint8_t*>(slot.state[k]) + start;
+    fstate[k] = reinterpret_cast<const float*>(slot.state[k]) + start;
+    old_absmax[k] = Quantized ? reinterpret_cast<const float*>(slot.absmax[k])[blk] : 0.0f;
+    qmap[k] = a.qmap[k];
+  }
+  float su = 0.0f, sp = 0.0f;
+#pragma omp simd reduction(+ : su, sp)
+  for (int64_t i = 0; i < len; ++i) {
+    const float gi = T::load(g[i]) * gscale;
+    const float pi = T::load(p[i]);
+    float s[NS];
+    for (int k = 0; k < NS; ++k) s[k] = Quantized ? decode(codes[k][i], old_absmax[k], qmap[k]) : fstate[k][i];
+    const float u = Rule::direction(gi, pi, s, h);
+    su += is_finite(gi) ? u * u : 0.0f;
+    sp += pi * pi;
+  }
+  *uu = su;
+  *pp = sp;
+}
+
+template <class Rule, class T>
+void update_typed(const UpdateArgs& a) {
+  const bool bucketed = a.search[0].bucket_lo != nullptr;
+  int64_t skipped;
+  if (!a.quantized)
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, false, false>(a, t, b); });
+  else if (bucketed)
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, true>(a, t, b); });
+  else
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, false>(a, t, b); });
+  if (a.nonfinite) *a.nonfinite += skipped;
+}
+
+template <class Rule, class T>
+void norms_typed(const UpdateArgs& a) {
+  std::vector<double> acc(2 * a.num_tensors, 0.0);
+  for_each_block(a, [&](int64_t t, int64_t blk) -> int64_t {
+    double uu, pp;
+    if (a.quantized) norms_block<Rule, T, true>(a, t, blk, &uu, &pp);
+    else norms_block<Rule, T, false>(a, t, blk, &uu, &pp);
+#pragma omp atomic
+    acc[2 * t] += uu;
+#pragma omp atomic
+    acc[2 * t + 1] += pp;
+    return 0;
+  });
+  for (int64_t i = 0; i < 2 * a.num_tensors; ++i) a.norms[i] = float(acc[i]);
+}
+
+template <template <class, class> class Fn, class... Args>
+void by_rule_and_dtype(int32_t rule, DType dtype, Args&&... args) {
+  int32_t index = 0;
+  bool done = false;
+  auto one = [&](auto rule_tag) {
+    using Rule = decltype(rule_tag);
+    if (done || index++ != rule) return;
+    done = true;
+    switch (dtype) {
+      case DType::f32: Fn<Rule, F32>::run(args...); break;
+      case DType::f16: Fn<Rule, F16>::run(args...); break;
+      case DType::bf16: Fn<Rule, BF16>::run(args...); break;
+    }
+  };
+#define BNB8_VISIT(R) one(R{});
+  BNB8_FOR_EACH_RULE(BNB8_VISIT)
+#undef BNB8_VISIT
+}
+
+template <class Rule, class T>
+struct Update {
+  static void run(const UpdateArgs& a) { update_typed<Rule, T>(a); }
+};
+template <class Rule, class T>
+struct Norms {
+  static void run(const UpdateArgs& a) { norms_typed<Rule, T>(a); }
+};
+
+template <template <class, bool> class Fn>
+void by_dtype(const QuantizeArgs& a) {
+  const bool bucketed = a.search.bucket_lo != nullptr;
+  switch (a.dtype) {
+    case DType::f32: bucketed ? Fn<F32, true>::run(a) : Fn<F32, false>::run(a); break;
+    case DType::f16: bucketed ? Fn<F16, true>::run(a) : Fn<F16, false>::run(a); break;
+    case DType::bf16: bucketed ? Fn<BF16, true>::run(a) : Fn<BF16, false>::run(a); break;
+  }
+}
+template <class T, bool Bucketed>
+struct Quantize {
+  static void run(const QuantizeArgs& a) { quantize_impl<T, Bucketed>(a); }
+};
+template <class T, bool Unused>
+struct Dequantize {
+  static void run(const QuantizeArgs& a) { dequantize_impl<T>(a); }
+};
+
+}  // namespace
+
+void quantize_blockwise(const QuantizeArgs& a) { by_dtype<Quantize>(a); }
+void dequantize_blockwise(const QuantizeArgs& a) { by_dtype<Dequantize>(a); }
+void optimizer_update(const UpdateArgs& a) { by_rule_and_dtype<Update>(a.rule, a.dtype, a); }
+void optimizer_norms(const UpdateArgs& a) { by_rule_and_dtype<Norms>(a.rule, a.dtype, a); }
+
+}  // namespace bnb8::cpu::BNB8_ISA

@@ -1,0 +1,32 @@
+// bnb8 — CPU entry points. kernels.cpp is built once per instruction set into its own namespace;
+// dispatch.cpp exposes the bnb8::cpu:: functions and routes each call to the best one this CPU runs.
+#pragma once
+
+#include "bnb8/api.h"
+
+namespace bnb8::cpu {
+
+#define BNB8_CPU_DECLARE(ISA)                      \
+  namespace ISA {                                  \
+  void quantize_blockwise(const QuantizeArgs& a);   \
+  void dequantize_blockwise(const QuantizeArgs& a); \
+  void optimizer_update(const UpdateArgs& a);       \
+  void optimizer_norms(const UpdateArgs& a);        \
+  }
+BNB8_CPU_DECLARE(generic)
+#if defined(BNB8_HAVE_X86_VARIANTS)
+BNB8_CPU_DECLARE(avx2)
+BNB8_CPU_DECLARE(avx512)
+#endif
+#undef BNB8_CPU_DECLARE
+
+// The instruction set the dispatcher uses: "avx512", "avx2" or "generic".
+// BNB8_CPU_ISA=avx2|generic in the environment forces a lesser one (benchmarks, tests).
+const char* isa();
+
+void quantize_blockwise(const QuantizeArgs& a);
+void dequantize_blockwise(const QuantizeArgs& a);
+void optimizer_update(const UpdateArgs& a);
+void optimizer_norms(const UpdateArgs& a);
+
+}  // namespace bnb8::cpu

@@ -1,0 +1,73 @@
+// bnb8 — block-wise quantization: the per-element math shared by every CPU and CUDA kernel.
+//
+// A value x in a block with scale absmax is stored as the index of the code nearest to
+// y = fl32(x / absmax), where code is a sorted table of 256 float32 values in [-1, 1].
+// "Nearest" is exact: ties go to the lower index, and the search never misses.
+//
+// The search counts the decision thresholds below y. Threshold j separates code j and code j+1:
+// it is the midpoint m_j = (code[j] + code[j+1]) / 2 (exact in float64), stored rounded *down* to
+// float32. For a float32 y,  y > m_j  <=>  y > rounddown32(m_j),  so one float32 comparison per
+// threshold decides exactly, including exact midpoints. thresholds[255] = +inf pads the table.
+//
+// Counting all 255 thresholds is too slow, so y's float bits pick a bucket (sign, exponent, 7 bits of
+// mantissa); bnb8.functional.code_search_tables precomputes for each bucket how many thresholds lie
+// below it (bucket_lo). For the dynamic maps at most one threshold falls inside any bucket, so
+// index = bucket_lo[bucket] + (y > thresholds[bucket_lo[bucket]]) — two table loads, no branches.
+// Tables with denser buckets use the branchless 8-step bisection instead.
+#pragma once
+
+#include "bnb8/common.h"
+
+namespace bnb8 {
+
+constexpr int kBucketMantissaBits = 7;
+constexpr uint32_t kBucketMinExponent = 102;  // |y| < 2^-25 share bucket 0 of each sign
+constexpr int kHalfBuckets = 1 + ((128 - int(kBucketMinExponent)) << kBucketMantissaBits);
+constexpr int kNumBuckets = 2 * kHalfBuckets;
+
+// Lookup tables for one code table; all pointers live on the device of the kernel using them.
+struct CodeSearch {
+  const float* thresholds;  // 256 float32: rounded-down midpoints, thresholds[255] = +inf
+  const int32_t* bucket_lo; // kNumBuckets entries, or null when a bucket can hold > 1 threshold
+};
+
+// Bucket of y in [-1, 1]: magnitude buckets 0..kHalfBuckets-1, negative values offset by kHalfBuckets.
+BNB8_HD int32_t bucket_of(float y) {
+  const uint32_t bits = float_to_bits(y);
+  const uint32_t mag = bits & 0x7FFFFFFFu;
+  const uint32_t floor_bits = kBucketMinExponent << 23;
+  const int32_t b = mag >= floor_bits ? int32_t(1 + ((mag - floor_bits) >> (23 - kBucketMantissaBits))) : 0;
+  return b + int32_t(bits >> 31) * kHalfBuckets;
+}
+
+BNB8_HD int32_t nearest_code_bucketed(float y, const float* thresholds, const int32_t* bucket_lo) {
+  const int32_t lo = bucket_lo[bucket_of(y)];
+  return lo + int32_t(y > thresholds[lo]);
+}
+
+BNB8_HD int32_t nearest_code_bisect(float y, const float* thresholds) {
+  int32_t idx = 0;
+  for (int32_t step = 128; step > 0; step >>= 1) idx += (thresholds[idx + step - 1] < y) ? step : 0;
+  return idx;
+}
+
+// y = x / absmax, clamped into the code range [-1, 1]; an all-zero block (absmax 0) maps to 0.
+BNB8_HD float normalize(float x, float absmax) {
+  const float y = absmax > 0.0f ? x / absmax : 0.0f;
+  return fminf(fmaxf(y, -1.0f), 1.0f);
+}
+
+template <bool Bucketed>
+BNB8_HD uint8_t encode(float x, float absmax, const CodeSearch& cs) {
+  const float y = normalize(x, absmax);
+  if constexpr (Bucketed) return uint8_t(nearest_code_bucketed(y, cs.thresholds, cs.bucket_lo));
+  else return uint8_t(nearest_code_bisect(y, cs.thresholds));
+}
+
+BNB8_HD float decode(uint8_t code, float absmax, const float* qmap) { return qmap[code] * absmax; }
+
+// The absmax of a block that holds a NaN or an infinity: NaN, which the Python side reports as an
+// error — it never becomes a silently wrong scale.
+BNB8_HD float nan_absmax() { return bits_to_float(0x7FC00000u); }
+
+}  // namespace bnb8

@@ -1,0 +1,254 @@
+"""``python -m profiler {run,list,report,compare}``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from profiler import suite as suites
+
+EPILOG = """examples:
+  python -m profiler run                      # the smoke suite (< 3 min on 2 CPU cores)
+  python -m profiler run min8bit --device cpu --steps 40
+  python -m profiler run nlp --filter 'gpt/.*8bit'
+  python -m profiler run --resume reports/nlp/20250101-120000-cpu
+  python -m profiler report reports/smoke/20250101-120000-cpu
+  python -m profiler compare reports/smoke/RUN_CPU reports/smoke/RUN_GPU
+"""
+
+
+class CliError(Exception):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m profiler",
+        description="Measure what 8-bit optimizers save (memory), cost (step time) and change (loss) on a zoo of models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,compare}")
+
+    run = commands.add_parser(
+        "run",
+        help="run a suite and write reports/<suite>/<run-id>/",
+        description="Train every (model, optimizer configuration, seed) of a suite, each in a fresh worker "
+        "process, appending one row to results.csv as each finishes; then write summary.md and plots.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "suite", nargs="?", help="a suite name in suites/ or a path to a .toml file (default: smoke)"
+    )
+    run.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="where to train (default: auto = cuda if available)"
+    )
+    run.add_argument("--steps", type=_positive, help="training steps per run (default: the suite's `steps`)")
+    run.add_argument("--seeds", type=_positive, help="seeds per configuration (default: the suite's `seeds`)")
+    run.add_argument(
+        "--out", type=Path, help="reports root (default: reports/); the run goes to OUT/<suite>/<run-id>/"
+    )
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a killed run; rows already in its results.csv are skipped",
+    )
+    run.add_argument(
+        "--filter",
+        metavar="PATTERN",
+        help="only runs whose key MODEL/OPTIMIZER/seedN matches this regular expression",
+    )
+
+    commands.add_parser(
+        "list",
+        help="list suites and models",
+        description="List the suites in suites/ and the models of the zoo.",
+    )
+
+    rep = commands.add_parser(
+        "report",
+        help="rebuild summary.md and plots of a run",
+        description="Rebuild summary.md and the PNG plots from a run's results.csv and curves.csv.",
+    )
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+
+    cmp = commands.add_parser(
+        "compare",
+        help="compare two runs side by side",
+        description="The configurations (model, optimizer) present in both runs side by side, with B/A ratios "
+        "of optimizer-state memory, peak memory, step time and final loss (means over seeds).",
+    )
+    cmp.add_argument("run_a", type=Path, metavar="RUN_A")
+    cmp.add_argument("run_b", type=Path, metavar="RUN_B")
+    cmp.add_argument("--out", type=Path, metavar="FILE", help="also write the table as markdown to FILE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}[args.command](
+            args
+        )
+    except (CliError, suites.SuiteError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _check_run_dir(run_dir: Path) -> Path:
+    if not (run_dir / "results.csv").is_file():
+        raise CliError(f"{run_dir} is not a run directory (no results.csv)")
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def _new_run(args) -> tuple[suites.Suite, Path, dict]:
+    from profiler import runner
+
+    suite = suites.load(args.suite or "smoke", steps=args.steps, seeds=args.seeds)
+    device = runner.resolve_device(args.device or "auto")
+    out = args.out if args.out is not None else Path("reports")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = out / suite.name / f"{stamp}-{device}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = out / suite.name / f"{stamp}-{device}-{n}"
+    run_dir.mkdir(parents=True)
+    shutil.copyfile(suite.path, run_dir / "suite.toml")
+    settings = {
+        "suite": suite.name,
+        "description": suite.description,
+        "source": str(suite.path),
+        "steps": suite.steps,
+        "warmup": suite.warmup,
+        "seeds": suite.seeds,
+        "device": device,
+        "filter": args.filter,
+    }
+    from profiler import report
+
+    report.write_atomic(run_dir / "run.json", json.dumps(settings, indent=2) + "\n")
+    env = report.environment(device, runner.device_name(device))
+    report.write_atomic(run_dir / "env.json", json.dumps(env, indent=2) + "\n")
+    (run_dir / "results.csv").write_text(",".join(runner.RESULT_COLUMNS) + "\n")
+    return suite, run_dir, settings
+
+
+def _resumed_run(args) -> tuple[suites.Suite, Path, dict]:
+    given = [f"--{k}" for k in ("device", "steps", "seeds", "out", "filter") if getattr(args, k) is not None]
+    if args.suite:
+        given.insert(0, "SUITE")
+    if given:
+        raise CliError(
+            f"--resume takes its settings from RUN_DIR/run.json; do not also give {', '.join(given)}"
+        )
+    run_dir = args.resume
+    if not (run_dir / "run.json").is_file() or not (run_dir / "suite.toml").is_file():
+        raise CliError(f"--resume {run_dir}: not a run directory (expected run.json and suite.toml in it)")
+    settings = json.loads((run_dir / "run.json").read_text())
+    suite = suites.load(str(run_dir / "suite.toml"), steps=settings["steps"], seeds=settings["seeds"])
+    suite.name = settings["suite"]
+    return suite, run_dir, settings
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from profiler import report, runner
+
+    suite, run_dir, settings = _resumed_run(args) if args.resume else _new_run(args)
+    runs = suite.runs(settings["device"], settings["filter"])
+    if not runs:
+        raise CliError(f"--filter {settings['filter']!r} matches no run of suite {suite.name!r}")
+    done = report.finished_keys(run_dir)
+    pending = [r for r in runs if r.key not in done]
+    print(
+        f"suite {suite.name}: {len(runs)} runs ({len(runs) - len(pending)} already done) on {settings['device']} -> {run_dir}"
+    )
+    try:
+        for i, spec in enumerate(pending, 1):
+            desc = f"[{i}/{len(pending)}] {spec.key}"
+            with tqdm(total=spec.steps, desc=desc, unit="step", leave=False, dynamic_ncols=True) as bar:
+
+                def progress(step: int, loss: float, bar=bar) -> None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+                row, losses = runner.run_isolated(spec, progress)
+            report.append_result(run_dir, row, losses)
+            tqdm.write(f"{desc}: {row['status']}" + (f", {row['wall_s']:.1f}s" if row.get("wall_s") else ""))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python -m profiler run --resume {run_dir}", file=sys.stderr)
+        return 130
+    return _write_reports(run_dir)
+
+
+def _write_reports(run_dir: Path) -> int:
+    from profiler import plots, report
+
+    made = plots.make_all(run_dir)
+    summary = report.write_summary(run_dir, made)
+    print()
+    print(report.terminal_summary(run_dir))
+    print(f"\nreport: {summary}" + "".join(f"\nplot:   {p}" for p in made))
+    return 0
+
+
+# -------------------------------------------------------------------------------- list / report / compare
+
+
+def cmd_list(args) -> int:
+    from profiler import zoo
+
+    print("suites (suites/*.toml; run with: python -m profiler run NAME):")
+    for name in suites.available_suites():
+        try:
+            s = suites.load(name)
+            what = f"{s.description}  [{len(s.models)} models x {len(s.optimizers)} optimizer configs x {s.seeds} seeds, {s.steps} steps]"
+        except suites.SuiteError as e:
+            what = f"(invalid: {str(e).splitlines()[-1].strip()})"
+        print(f"  {name:<12} {what}")
+    print("\nmodels (zoo; every model takes width, depth, batch_size):")
+    for name in zoo.MODELS:
+        options = ", ".join(f"{k}={v}" for k, v in zoo.model_options(name).items())
+        print(f"  {name:<8} {zoo.describe(name)}" + (f"  [options: {options}]" if options else ""))
+    return 0
+
+
+def cmd_report(args) -> int:
+    return _write_reports(_check_run_dir(args.run_dir))
+
+
+def cmd_compare(args) -> int:
+    from profiler import report
+
+    table, notes = report.compare_runs(_check_run_dir(args.run_a), _check_run_dir(args.run_b))
+    text = (
+        f"A = {args.run_a}\nB = {args.run_b}\n\n"
+        + report.markdown(table)
+        + "".join(f"\n{n}" for n in notes)
+        + "\n"
+    )
+    print(text)
+    if args.out:
+        report.write_atomic(args.out, text)
+    return 0

@@ -1,0 +1,21 @@
+"""Optimizer classes that misbehave on purpose, importable by dotted name from worker processes."""
+
+import os
+import signal
+
+import torch
+
+
+class CrashOnStep(torch.optim.SGD):
+    """Kills its own process on the first step, as a crash in native code would."""
+
+    def step(self, closure=None):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ThresholdAdam(torch.optim.Adam):
+    """Adam that accepts ``min_8bit_size`` (and keeps 32-bit state): for sweep plumbing tests only."""
+
+    def __init__(self, params, lr=1e-3, min_8bit_size=4096):
+        super().__init__(params, lr=lr)
+        self.min_8bit_size = min_8bit_size
