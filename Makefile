@@ -23,6 +23,7 @@ install: venv
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
 
 # Rebuild only the native module after editing ext/ (seconds, incremental).
+# BNB8_CUDA=AUTO|ON|OFF (environment) chooses whether the CUDA kernels are built.
 ext:
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
