@@ -48,7 +48,11 @@ def test_shared_and_nested_state_counted_once():
     qmap = torch.zeros(256)
     buffer = torch.zeros(30, dtype=torch.uint8)
     optimizer.state[params[0]] = {"qmap": qmap, "codes": buffer[:10], "nested": {"absmax": torch.zeros(1)}}
-    optimizer.state[params[1]] = {"qmap": qmap, "codes": buffer[10:], "list": [torch.zeros(2, dtype=torch.float64)]}
+    optimizer.state[params[1]] = {
+        "qmap": qmap,
+        "codes": buffer[10:],
+        "list": [torch.zeros(2, dtype=torch.float64)],
+    }
     assert memory.optimizer_state_bytes(optimizer) == 256 * 4 + 30 + 4 + 16
 
 
@@ -110,7 +114,9 @@ def test_crashed_worker_becomes_an_error_row():
 
 def test_isolated_run_reports_progress_and_matches_in_process():
     seen = []
-    row, losses = runner.run_isolated(_spec("torch.optim.SGD", {"lr": 0.1}), lambda i, loss: seen.append((i, loss)))
+    row, losses = runner.run_isolated(
+        _spec("torch.optim.SGD", {"lr": 0.1}), lambda i, loss: seen.append((i, loss))
+    )
     _, in_process = runner.train_and_measure(_spec("torch.optim.SGD", {"lr": 0.1}))
     assert row["status"] == "ok"
     assert [i for i, _ in seen] == list(range(5))

@@ -1,0 +1,208 @@
+"""Command line: run, resume after a kill, bad suite files, list, help, compare."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from profiler import suite
+from profiler.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_run_writes_one_ok_row_per_configuration(tiny_run):
+    results = pd.read_csv(tiny_run / "results.csv")
+    assert sorted(results["key"]) == sorted(
+        f"{m}/{o}/seed0" for m in ("mlp", "gpt") for o in ("adamw", "adamw-again", "sgd")
+    )
+    assert set(results["status"]) == {"ok"}
+    curves = pd.read_csv(tiny_run / "curves.csv")
+    assert curves.groupby("key").size().to_dict() == dict.fromkeys(results["key"], 6)
+
+
+def test_identical_configuration_shows_zero_divergence(tiny_run):
+    from profiler import report
+
+    summary = report.load_summary(tiny_run).set_index(["model", "optimizer"])
+    for model in ("mlp", "gpt"):
+        again = summary.loc[(model, "adamw-again")]
+        assert again["loss_gap_max"] == 0 and again["final_loss_ratio"] == 1 and again["state_saved"] == 0
+        assert summary.loc[(model, "sgd"), "state_saved"] == pytest.approx(
+            0.5, abs=1e-3
+        )  # momentum vs 2 moments
+
+
+GPT_BLOCK = 'name = "gpt"\nwidth = 0.25\nbatch_size = 4\nseq_len = 16\n'
+MLP2_BLOCK = 'name = "mlp"\nlabel = "mlp2"\nwidth = 0.25\nbatch_size = 4\n'
+
+
+def _run_cli(*args: str, cwd: Path = REPO, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "profiler", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True, **kw,
+    )  # fmt: skip
+
+
+def test_resume_after_kill(tmp_path, tiny_suite_text):
+    assert GPT_BLOCK in tiny_suite_text
+    suite_path = tmp_path / "tiny.toml"
+    suite_path.write_text(tiny_suite_text.replace(GPT_BLOCK, MLP2_BLOCK))
+    out = tmp_path / "reports"
+    proc = _run_cli("run", str(suite_path), "--device", "cpu", "--out", str(out))
+    deadline = time.monotonic() + 60
+    results = None
+    while time.monotonic() < deadline:  # kill as soon as a row is on disk
+        found = list(out.glob("tiny/*/results.csv"))
+        if found and len(pd.read_csv(found[0])) >= 1:
+            results = found[0]
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert results is not None, "no rows were written within 60 s"
+    before = pd.read_csv(results)
+    assert 1 <= len(before) < 6, "the run finished before it could be killed"
+
+    assert main(["run", "--resume", str(results.parent)]) == 0
+    after = pd.read_csv(results)
+    assert len(after) == 6 and after["key"].is_unique
+    kept = after.set_index("key").loc[before["key"], "finished_at"]
+    assert list(kept) == list(before["finished_at"])  # finished rows were not run again
+    curves = pd.read_csv(results.parent / "curves.csv")
+    assert len(curves) == 6 * 6 and not curves.duplicated(["key", "step"]).any()
+    assert (results.parent / "summary.md").is_file()
+
+
+def test_resume_rejects_other_settings(tiny_run, capsys):
+    assert main(["run", "--resume", str(tiny_run), "--steps", "3"]) == 2
+    assert "--steps" in capsys.readouterr().err
+
+
+BAD_SUITES = {
+    "invalid-toml": ("steps = = 3", "not valid TOML"),
+    "unknown-top-key": ('stepz = 3\n', "stepz: unknown key"),
+    "steps-type": ('steps = "ten"', "steps: expected int, got str 'ten'"),
+    "warmup-too-long": ("warmup = 5", "warmup: expected fewer than steps - 1 = 5 warm-up steps, got 5"),
+    "unknown-model": ('[[models]]\nname = "resnet"\n', "models[2].name: unknown model 'resnet'; available: gpt, bert"),
+    "model-option": ('[[models]]\nname = "mlp"\nseq_len = 3\n', "models[2].seq_len: unknown key"),
+    "width": ('[[models]]\nname = "mlp"\nwidth = "wide"\n', "models[2].width: expected int or float, got str 'wide'"),
+    "unknown-class": (
+        '[[optimizers]]\nname = "x"\nclass = "torch.optim.Adamm"\n',
+        "optimizers[3].class: torch.optim has no class 'Adamm'; available: ",
+    ),
+    "unknown-module": (
+        '[[optimizers]]\nname = "x"\nclass = "nosuchpkg.Adam"\n',
+        "optimizers[3].class: cannot import module 'nosuchpkg'",
+    ),
+    "kwarg-not-accepted": (
+        '[[optimizers]]\nname = "x"\nclass = "torch.optim.AdamW"\nkwargs = { min_8bit_size = 4096 }\n',
+        "optimizers[3].kwargs.min_8bit_size: torch.optim.AdamW does not accept 'min_8bit_size'; it accepts: lr,",
+    ),
+    "sweep-not-accepted": (
+        '[[optimizers]]\nname = "x"\nclass = "torch.optim.AdamW"\nsweep = { min_8bit_size = [0, 4096] }\n',
+        "optimizers[3].sweep.min_8bit_size: torch.optim.AdamW does not accept 'min_8bit_size'",
+    ),
+    "sweep-not-list": (
+        '[[optimizers]]\nname = "x"\nclass = "torch.optim.Adam"\nsweep = { lr = 0.1 }\n',
+        "optimizers[3].sweep.lr: expected a non-empty list of values, got float 0.1",
+    ),
+    "bad-baseline": ('[[optimizers]]\nname = "x"\nclass = "torch.optim.Adam"\nbaseline = "nope"\n', "optimizers[3].baseline: expected the name"),
+    "duplicate-name": ('[[optimizers]]\nname = "sgd"\nclass = "torch.optim.Adam"\n', "optimizers[3].name: duplicate optimizer name 'sgd'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_SUITES))
+def test_bad_suite_file_names_the_key(case, tmp_path, tiny_suite_text, capsys):
+    extra, message = BAD_SUITES[case]
+    if extra.startswith("["):  # one more table
+        text = tiny_suite_text + "\n" + extra
+    elif extra.split()[0] in ("steps", "warmup"):  # a changed value
+        text = tiny_suite_text.replace(
+            {"steps": "steps = 6", "warmup": "warmup = 1"}[extra.split()[0]], extra
+        )
+    else:  # one more top-level line
+        text = extra + "\n" + tiny_suite_text
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err
+    assert not (tmp_path / "bad").exists()  # failed before creating a run directory
+
+
+def test_missing_sections_are_reported_together(tmp_path):
+    path = tmp_path / "empty.toml"
+    path.write_text('description = "x"\n')
+    with pytest.raises(suite.SuiteError) as error:
+        suite.load(str(path))
+    text = str(error.value)
+    assert "steps: missing (required)" in text and "models: expected at least one" in text
+    assert "optimizers: expected at least one" in text
+
+
+def test_unknown_suite_lists_the_valid_names(capsys):
+    assert main(["run", "no-such-suite"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown suite 'no-such-suite'; available:" in err and "smoke" in err
+
+
+def test_filter_selects_runs(tmp_path, tiny_suite_text):
+    path = tmp_path / "tiny.toml"
+    path.write_text(tiny_suite_text)
+    runs = suite.load(str(path)).runs("cpu", "mlp/adamw")
+    assert [r.key for r in runs] == ["mlp/adamw/seed0", "mlp/adamw-again/seed0"]
+    assert (
+        main(["run", str(path), "--filter", "nothing-matches", "--out", str(tmp_path), "--device", "cpu"])
+        == 2
+    )
+
+
+def test_sweep_expands_into_labelled_configurations(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        'description = "s"\nsteps = 4\nseeds = 2\n[[models]]\nname = "mlp"\n'
+        '[[optimizers]]\nname = "base"\nclass = "torch.optim.Adam"\n'
+        '[[optimizers]]\nname = "t"\nclass = "profiler_fake_optimizers.ThresholdAdam"\n'
+        "sweep = { min_8bit_size = [0, 4096] }\n"
+    )
+    loaded = suite.load(str(path))
+    assert [o.label for o in loaded.optimizers] == ["base", "t[min_8bit_size=0]", "t[min_8bit_size=4096]"]
+    assert {o.baseline for o in loaded.optimizers} == {"base"}
+    assert len(loaded.runs("cpu")) == 6
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["list"], ["report"], ["compare"]])
+def test_help_answers(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    assert "usage: python -m profiler" in capsys.readouterr().out
+
+
+def test_list_shows_suites_and_models(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("smoke", "min8bit", "gpt", "bert", "lstm", "mlp", "cnn", "recsys"):
+        assert name in out
+
+
+def test_compare_a_run_with_itself(tiny_run, capsys, tmp_path):
+    assert main(["compare", str(tiny_run), str(tiny_run), "--out", str(tmp_path / "cmp.md")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("1.000x") == 6 * 4  # four metrics per configuration, all equal
+    assert (tmp_path / "cmp.md").read_text().strip() == out.strip()
+
+
+def test_module_entry_point_help():
+    done = subprocess.run(
+        [sys.executable, "-m", "profiler", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "{run,list,report,compare}" in done.stdout

@@ -1,0 +1,98 @@
+"""Reports: files and columns of a run, summary tables, plots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+
+from profiler import report
+from profiler.cli import main
+from profiler.runner import RESULT_COLUMNS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_directory_files_and_columns(tiny_run):
+    assert list(pd.read_csv(tiny_run / "results.csv").columns) == RESULT_COLUMNS
+    assert list(pd.read_csv(tiny_run / "curves.csv").columns) == report.CURVE_COLUMNS
+    env = json.loads((tiny_run / "env.json").read_text())
+    for key in ("python", "torch", "device", "device_name", "torch_threads", "git_commit"):
+        assert key in env
+    assert json.loads((tiny_run / "run.json").read_text())["steps"] == 6
+    assert (tiny_run / "suite.toml").is_file()
+    assert not list(tiny_run.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_results_hold_measurements(tiny_run):
+    results = pd.read_csv(tiny_run / "results.csv")
+    assert (results["params"] > 0).all()
+    assert (results["state_bytes"] > 0).all()
+    assert (results["step_ms_median"] > 0).all()
+    assert (results["peak_memory_source"].str.startswith("cpu VmHWM")).all()
+    adamw = results[results["optimizer"] == "adamw"]
+    assert (adamw["state_bytes_per_param"].between(8, 8.01)).all()
+
+
+def test_summary_and_plots(tiny_run):
+    text = (tiny_run / "summary.md").read_text()
+    for heading in ("## Memory", "## Speed", "## Loss divergence", "## Plots"):
+        assert heading in text
+    assert "| gpt | sgd |" in text
+    for name in ("memory.png", "loss_curves.png", "step_time.png"):
+        assert (tiny_run / name).read_bytes()[:8] == PNG_MAGIC
+    assert not (tiny_run / "memory_vs_min_8bit_size.png").exists()  # no min_8bit_size sweep in this suite
+
+
+def test_report_command_rebuilds(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    for name in ("summary.md", "memory.png", "loss_curves.png", "step_time.png"):
+        (copy / name).unlink()
+    assert main(["report", str(copy)]) == 0
+
+    def tables(path):
+        return path.read_text().split("## Memory")[1].split("## Plots")[0]
+
+    assert tables(copy / "summary.md") == tables(tiny_run / "summary.md")
+    assert (copy / "step_time.png").is_file()
+
+
+def test_report_rejects_a_directory_without_results(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_min_8bit_size_sweep_plot(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        'description = "s"\nsteps = 4\nwarmup = 1\n[[models]]\nname = "mlp"\nwidth = 0.25\nbatch_size = 8\n'
+        '[[optimizers]]\nname = "base"\nclass = "torch.optim.Adam"\n'
+        '[[optimizers]]\nname = "t"\nclass = "profiler_fake_optimizers.ThresholdAdam"\n'
+        "sweep = { min_8bit_size = [0, 4096, 1_000_000_000] }\n"
+    )
+    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 0
+    (run_dir,) = (tmp_path / "sweep").iterdir()
+    assert (run_dir / "memory_vs_min_8bit_size.png").read_bytes()[:8] == PNG_MAGIC
+    results = pd.read_csv(run_dir / "results.csv")
+    assert sorted(results["min_8bit_size"].dropna()) == [0, 4096, 1_000_000_000]
+
+
+def test_markdown_table():
+    table = pd.DataFrame({"model": ["a|b", "c"], "MiB": ["1.50", "12.00"], "ratio": ["0.5x", ""]})
+    assert report.markdown(table).splitlines() == [
+        "| model | MiB | ratio |",
+        "|---|---:|---:|",
+        "| a\\|b | 1.50 | 0.5x |",
+        "| c | 12.00 |  |",
+    ]
+
+
+def test_atomic_append_replaces_a_rerun_row(tmp_path):
+    row = {c: None for c in RESULT_COLUMNS} | {"key": "m/o/seed0", "model": "m", "optimizer": "o", "seed": 0}
+    report.append_result(tmp_path, row | {"status": "error: x"}, [1.0, 2.0])
+    report.append_result(tmp_path, row | {"status": "ok"}, [3.0, 2.0, 1.0])
+    results, curves = report.read_results(tmp_path), report.read_curves(tmp_path)
+    assert list(results["status"]) == ["ok"]
+    assert list(curves["loss"]) == [3.0, 2.0, 1.0]
