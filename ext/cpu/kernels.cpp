@@ -39,8 +39,10 @@ void quantize_impl(const QuantizeArgs& a) {
     }
     absmax[b] = bad ? nan_absmax() : m;
     uint8_t* cb = codes + start;
+    const float* thr = cs.thresholds;
+    const int32_t* lo = cs.bucket_lo;
 #pragma omp simd
-    for (int64_t i = 0; i < len; ++i) cb[i] = encode<Bucketed>(T::load(xb[i]), m, cs);
+    for (int64_t i = 0; i < len; ++i) cb[i] = encode<Bucketed>(T::load(xb[i]), m, thr, lo);
   }
 }
 
@@ -139,10 +141,11 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk) {
 #pragma omp simd reduction(max : m)
       for (int64_t i = 0; i < len; ++i) m = std::max(m, fabsf(f[i]));
       absmax[k][blk] = m;
-      const CodeSearch cs = a.search[k];
+      const float* thr = a.search[k].thresholds;
+      const int32_t* lo = a.search[k].bucket_lo;
       uint8_t* c = codes[k];
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) c[i] = encode<Bucketed>(f[i], m, cs);
+      for (int64_t i = 0; i < len; ++i) c[i] = encode<Bucketed>(f[i], m, thr, lo);
     }
   }
   return skipped;

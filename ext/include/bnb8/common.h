@@ -14,6 +14,14 @@
 #define BNB8_HD inline __attribute__((always_inline))
 #endif
 
+// A load of a lookup table that no kernel writes: through the read-only data cache on the device,
+// a plain load on the host. Only for pointers into global memory (never shared memory).
+#if defined(__CUDA_ARCH__)
+#define BNB8_LDG(ptr) __ldg(ptr)
+#else
+#define BNB8_LDG(ptr) (*(ptr))
+#endif
+
 namespace bnb8 {
 
 // Element types of parameters and gradients (the numbering is shared with bnb8/_native.py).

@@ -52,7 +52,7 @@ struct AdamAmsgradRule {
     g += h.weight_decay * p;
     s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
     s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
-    s[2] = fmaxf(s[2], s[1]);
+    s[2] = s[2] > s[1] ? s[2] : s[1];  // max; a ternary vectorises, fmaxf does not
     return s[0] / (sqrtf(s[2]) / h.bias_correction2_sqrt + h.eps);
   }
 };

@@ -41,7 +41,7 @@ BNB8_HD int32_t bucket_of(float y) {
 }
 
 BNB8_HD int32_t nearest_code_bucketed(float y, const float* thresholds, const int32_t* bucket_lo) {
-  const int32_t lo = bucket_lo[bucket_of(y)];
+  const int32_t lo = BNB8_LDG(bucket_lo + bucket_of(y));  // bucket_lo is global memory on a GPU
   return lo + int32_t(y > thresholds[lo]);
 }
 
@@ -52,16 +52,19 @@ BNB8_HD int32_t nearest_code_bisect(float y, const float* thresholds) {
 }
 
 // y = x / absmax, clamped into the code range [-1, 1]; an all-zero block (absmax 0) maps to 0.
+// Comparisons, not fminf/fmaxf: their NaN rules keep GCC from vectorising them (a libm call each).
 BNB8_HD float normalize(float x, float absmax) {
-  const float y = absmax > 0.0f ? x / absmax : 0.0f;
-  return fminf(fmaxf(y, -1.0f), 1.0f);
+  float y = absmax > 0.0f ? x / absmax : 0.0f;
+  y = y < -1.0f ? -1.0f : y;
+  return y > 1.0f ? 1.0f : y;
 }
 
+// Takes the table pointers by value (not a CodeSearch&): vectorisers need loop-invariant pointers.
 template <bool Bucketed>
-BNB8_HD uint8_t encode(float x, float absmax, const CodeSearch& cs) {
+BNB8_HD uint8_t encode(float x, float absmax, const float* thresholds, const int32_t* bucket_lo) {
   const float y = normalize(x, absmax);
-  if constexpr (Bucketed) return uint8_t(nearest_code_bucketed(y, cs.thresholds, cs.bucket_lo));
-  else return uint8_t(nearest_code_bisect(y, cs.thresholds));
+  if constexpr (Bucketed) return uint8_t(nearest_code_bucketed(y, thresholds, bucket_lo));
+  else return uint8_t(nearest_code_bisect(y, thresholds));
 }
 
 BNB8_HD float decode(uint8_t code, float absmax, const float* qmap) { return qmap[code] * absmax; }
