@@ -136,9 +136,13 @@ def _barh_panels(summary: pd.DataFrame, path: Path, bars, xlabel: str, title: st
         ax.set_title(model)
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle(title)
-    return _save(fig, path)
+    fig.legend(handles, labels, loc="lower center", ncol=len(bars), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if len(axes) <= 3 else 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def step_time(summary: pd.DataFrame, path: Path) -> Path | None:

@@ -215,7 +215,9 @@ def _process_context():
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["profiler.runner"])
+        # torch.optim.Optimizer.__init__ imports torch._dynamo (~1.5 s) and the glyph data needs
+        # matplotlib's FreeType wrapper: import both once in the server, not in every worker.
+        _context.set_forkserver_preload(["profiler.runner", "torch._dynamo", "matplotlib.ft2font"])
     return _context
 
 

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import torch
 
@@ -19,3 +20,11 @@ class ThresholdAdam(torch.optim.Adam):
     def __init__(self, params, lr=1e-3, min_8bit_size=4096):
         super().__init__(params, lr=lr)
         self.min_8bit_size = min_8bit_size
+
+
+class SlowSGD(torch.optim.SGD):
+    """SGD that sleeps 50 ms per step: leaves time to kill a run between rows."""
+
+    def step(self, closure=None):
+        time.sleep(0.05)
+        return super().step(closure)

@@ -54,9 +54,15 @@ def _run_cli(*args: str, cwd: Path = REPO, **kw) -> subprocess.Popen:
 def test_resume_after_kill(tmp_path, tiny_suite_text):
     assert GPT_BLOCK in tiny_suite_text
     suite_path = tmp_path / "tiny.toml"
-    suite_path.write_text(tiny_suite_text.replace(GPT_BLOCK, MLP2_BLOCK))
+    slow = tiny_suite_text.replace(GPT_BLOCK, MLP2_BLOCK).replace(
+        "torch.optim.SGD", "profiler_fake_optimizers.SlowSGD"
+    )
+    suite_path.write_text(
+        slow.replace('class = "torch.optim.AdamW"', 'class = "profiler_fake_optimizers.SlowSGD"')
+    )
     out = tmp_path / "reports"
-    proc = _run_cli("run", str(suite_path), "--device", "cpu", "--out", str(out))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    proc = _run_cli("run", str(suite_path), "--device", "cpu", "--out", str(out), env=env)
     deadline = time.monotonic() + 60
     results = None
     while time.monotonic() < deadline:  # kill as soon as a row is on disk
