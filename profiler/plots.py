@@ -102,9 +102,12 @@ def loss_curves(summary: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Path
                 smooth.index,
                 smooth.to_numpy(),
                 label=optimizer + (" (baseline)" if is_base else ""),
-                color="black" if is_base else None,
-                lw=2.2 if is_base else 1.2,
-                zorder=3 if is_base else 2,
+                color="0.3"
+                if is_base
+                else None,  # the baseline thick and underneath, so overlaps stay visible
+                lw=3.2 if is_base else 1.2,
+                alpha=0.55 if is_base else 1.0,
+                zorder=1 if is_base else 2,
             )
         ax.set_title(f"{model} (moving average, {window} steps)" if window > 1 else model)
         ax.set_xlabel("step")
