@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a killed run; rows already in its results.csv are skipped",
     )
     run.add_argument(
+        "--timeout",
+        type=_positive,
+        metavar="SECONDS",
+        help="kill a run after this long and record it as an error (default: no limit)",
+    )
+    run.add_argument(
         "--filter",
         metavar="PATTERN",
         help="only runs whose key MODEL/OPTIMIZER/seedN matches this regular expression",
@@ -143,6 +149,7 @@ def _new_run(args) -> tuple[suites.Suite, Path, dict]:
         "seeds": suite.seeds,
         "device": device,
         "filter": args.filter,
+        "timeout_s": args.timeout,
     }
     from profiler import report
 
@@ -154,7 +161,11 @@ def _new_run(args) -> tuple[suites.Suite, Path, dict]:
 
 
 def _resumed_run(args) -> tuple[suites.Suite, Path, dict]:
-    given = [f"--{k}" for k in ("device", "steps", "seeds", "out", "filter") if getattr(args, k) is not None]
+    given = [
+        f"--{k}"
+        for k in ("device", "steps", "seeds", "out", "filter", "timeout")
+        if getattr(args, k) is not None
+    ]
     if args.suite:
         given.insert(0, "SUITE")
     if given:
@@ -193,7 +204,7 @@ def cmd_run(args) -> int:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-                row, losses = runner.run_isolated(spec, progress)
+                row, losses = runner.run_isolated(spec, progress, settings.get("timeout_s"))
             report.append_result(run_dir, row, losses)
             tqdm.write(f"{desc}: {row['status']}" + (f", {row['wall_s']:.1f}s" if row.get("wall_s") else ""))
     except KeyboardInterrupt:

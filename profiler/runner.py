@@ -222,17 +222,28 @@ def _process_context():
 
 
 def run_isolated(
-    spec: suite.RunSpec, progress: Callable[[int, float], None] = lambda i, loss: None
+    spec: suite.RunSpec,
+    progress: Callable[[int, float], None] = lambda i, loss: None,
+    timeout_s: float | None = None,
 ) -> tuple[dict, list[float]]:
-    """Run :func:`train_and_measure` in a fresh worker process; a dead worker becomes an error row."""
+    """Run :func:`train_and_measure` in a fresh worker process.
+
+    A worker that dies becomes an ``error: worker ...`` row; one that runs longer than
+    ``timeout_s`` is killed and becomes ``error: timed out ...``.
+    """
     ctx = _process_context()
     receiver, sender = ctx.Pipe(duplex=False)
     worker = ctx.Process(target=_worker, args=(spec, torch.get_num_threads(), sender), daemon=True)
     worker.start()
     sender.close()
-    row, losses = None, []
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    row, losses, failure = None, [], None
     try:
         while True:
+            if deadline is not None and not receiver.poll(max(0.0, deadline - time.monotonic())):
+                worker.kill()
+                failure = f"error: timed out after {timeout_s:g} s (--timeout)"
+                break
             try:
                 message = receiver.recv()
             except EOFError:
@@ -247,10 +258,11 @@ def run_isolated(
         receiver.close()
         worker.join()
     if row is None:
-        code = worker.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        hint = " (out of memory?)" if code == -9 else ""
+        if failure is None:
+            code = worker.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+            failure = f"error: worker {how}" + (" (out of memory?)" if code == -9 else "")
         row = _base_row(spec)
-        row.update(status=f"error: worker {how}{hint}", device_name=device_name(spec.device))
+        row.update(status=failure, device_name=device_name(spec.device))
         row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return row, losses

@@ -28,3 +28,10 @@ class SlowSGD(torch.optim.SGD):
     def step(self, closure=None):
         time.sleep(0.05)
         return super().step(closure)
+
+
+class HangOnStep(torch.optim.SGD):
+    """Never returns from its first step, as a deadlocked kernel would."""
+
+    def step(self, closure=None):
+        time.sleep(3600)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from profiler import suite
 from profiler.cli import main
@@ -158,6 +159,12 @@ def test_unknown_suite_lists_the_valid_names(capsys):
     assert main(["run", "no-such-suite"]) == 2
     err = capsys.readouterr().err
     assert "unknown suite 'no-such-suite'; available:" in err and "smoke" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(tiny_run, capsys):
+    assert main(["run", str(tiny_run / "suite.toml"), "--device", "cuda", "--out", str(tiny_run / "x")]) == 2
+    assert "--device cuda: torch.cuda.is_available() is False" in capsys.readouterr().err
 
 
 def test_filter_selects_runs(tmp_path, tiny_suite_text):

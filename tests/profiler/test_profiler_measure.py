@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -110,6 +112,13 @@ def test_crashed_worker_becomes_an_error_row():
     row, _ = runner.run_isolated(_spec("profiler_fake_optimizers.CrashOnStep", {"lr": 0.1}))
     assert row["status"] == "error: worker killed by signal 9 (out of memory?)"
     assert row["key"] == "mlp/opt/seed0"
+
+
+def test_hung_worker_is_killed_after_the_timeout():
+    started = time.monotonic()
+    row, _ = runner.run_isolated(_spec("profiler_fake_optimizers.HangOnStep", {"lr": 0.1}), timeout_s=1)
+    assert row["status"] == "error: timed out after 1 s (--timeout)"
+    assert time.monotonic() - started < 10
 
 
 def test_isolated_run_reports_progress_and_matches_in_process():
