@@ -12,7 +12,7 @@ from bnb8.backends import cpu as _cpu_backend  # noqa: F401  (registers the CPU 
 if _native.C.HAS_CUDA:
     from bnb8.backends import cuda as _cuda_backend  # noqa: F401
 
-from bnb8 import functional
+from bnb8 import functional, nn, optim
 
 __version__ = "0.1.0"
-__all__ = ["functional", "__version__"]
+__all__ = ["functional", "nn", "optim", "__version__"]

@@ -32,8 +32,9 @@ HYPER_FIELDS = (
     "step",
     "nesterov",
     "centered",
+    "skip_zeros",
 )
-_INT_FIELDS = {"step", "nesterov", "centered"}
+_INT_FIELDS = {"step", "nesterov", "centered", "skip_zeros"}
 HYPER_DEFAULTS = {f: 0.0 for f in HYPER_FIELDS} | {"decay": 1.0, "bias_correction2_sqrt": 1.0, "step": 1}
 
 # Rule name -> (index in the native rule list, number of states).
@@ -85,24 +86,34 @@ def check_same_device(ref: torch.Tensor, **others: torch.Tensor | None) -> None:
 
 
 def output_buffer(
-    buf: torch.Tensor | None, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device
+    buf: torch.Tensor | None,
+    name: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    any_float: bool = False,
 ) -> torch.Tensor:
-    """A fresh tensor, or the caller's buffer after checking it fits exactly."""
+    """A fresh tensor, or the caller's buffer after checking it fits exactly.
+
+    ``any_float=True`` accepts a buffer of any dtype the kernels write (float32, float16, bfloat16)
+    instead of exactly ``dtype``.
+    """
     if buf is None:
         return torch.empty(shape, dtype=dtype, device=device)
     if not isinstance(buf, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(buf).__name__}")
+    if any_float:
+        dtype_code(buf, name)
+    elif buf.dtype != dtype:
+        raise TypeError(f"{name}: expected a {dtype} buffer, got {buf.dtype}")
     numel = 1
     for s in shape:
         numel *= s
     if buf.numel() != numel or buf.device != torch.device(device) or not buf.is_contiguous():
         raise ValueError(
-            f"{name}: expected a contiguous {dtype} buffer of {numel} elements on {device}, got "
-            f"{buf.numel()} elements of {buf.dtype} on {buf.device}"
-            + ("" if buf.is_contiguous() else " (not contiguous)")
+            f"{name}: expected a contiguous buffer of {numel} elements on {device}, got "
+            f"{buf.numel()} elements on {buf.device}" + ("" if buf.is_contiguous() else " (not contiguous)")
         )
-    if dtype in (torch.uint8,) and buf.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype}, got {buf.dtype}")
     return buf.view(shape)
 
 

@@ -11,6 +11,7 @@
 #include "cpu/kernels.h"
 #if defined(BNB8_WITH_CUDA)
 #include "cuda/kernels.h"
+#include "cuda/paged.h"
 #endif
 
 namespace py = pybind11;
@@ -147,7 +148,8 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("lr", &Hyper::lr)
       .def_readwrite("step", &Hyper::step)
       .def_readwrite("nesterov", &Hyper::nesterov)
-      .def_readwrite("centered", &Hyper::centered);
+      .def_readwrite("centered", &Hyper::centered)
+      .def_readwrite("skip_zeros", &Hyper::skip_zeros);
 
   bind_device<cpu::quantize_blockwise, cpu::dequantize_blockwise, cpu::optimizer_update, cpu::optimizer_norms>(
       m, "cpu");
@@ -155,6 +157,21 @@ PYBIND11_MODULE(_C, m) {
   bind_device<cuda::quantize_blockwise, cuda::dequantize_blockwise, cuda::optimizer_update, cuda::optimizer_norms>(
       m, "cuda");
   m.attr("HAS_CUDA") = true;
+  // Paged optimizer state (bnb8/paged.py); the allocator itself is the C symbol pair
+  // bnb8_managed_alloc / bnb8_managed_free of this module, loaded by torch's CUDAPluggableAllocator.
+  m.def("cuda_prefetch", &cuda::prefetch, py::call_guard<py::gil_scoped_release>(),
+        "(address, nbytes, device (-1 = host), stream, stream_device): async migration of managed memory");
+  m.def("cuda_is_managed", &cuda::is_managed, "(address) -> whether it is CUDA managed memory");
+  m.def("cuda_managed_bytes", &cuda::managed_bytes, "bytes currently allocated by bnb8_managed_alloc");
+  m.def("host_available_bytes", &cuda::host_available_bytes, "MemAvailable of /proc/meminfo in bytes");
+  m.def(
+      "cuda_device_memory",
+      [](int device) {
+        int64_t free_bytes = 0, total_bytes = 0;
+        cuda::device_memory(device, &free_bytes, &total_bytes);
+        return py::make_tuple(free_bytes, total_bytes);
+      },
+      "(device) -> (free, total) bytes from cudaMemGetInfo");
 #else
   m.attr("HAS_CUDA") = false;
 #endif

@@ -82,6 +82,12 @@ def _states_in(states: Sequence[Sequence[Tensor]], absmaxes, qmaps, i: int, n_st
     return out
 
 
+def _updates(g: Tensor, h: dict) -> Tensor:
+    """Elements that are updated (bnb8::updates_element): finite, and non-zero under skip_zeros."""
+    ok = torch.isfinite(g)
+    return ok & (g != 0) if h["skip_zeros"] else ok
+
+
 def _hyper(values: Sequence[float]) -> dict:
     from bnb8._native import HYPER_FIELDS
 
@@ -110,10 +116,10 @@ def optimizer_update_(
         p = param.reshape(-1).float()
         old = _states_in(states, absmaxes, qmaps, i, n_states)
         u, new = fn(g, p, old, h)
-        ok = torch.isfinite(g)
+        ok = _updates(g, h)
         updated = (p * h["decay"] - h["step_size"] * uscale * u).to(param.dtype)
         param.view(-1).copy_(torch.where(ok, updated, param.view(-1)))
-        nonfinite += (~ok).sum()
+        nonfinite += (~torch.isfinite(g)).sum()
         for k in range(n_states):
             value = torch.where(ok, new[k], old[k])
             target = states[k][i]
@@ -145,7 +151,7 @@ def optimizer_norms(
         g = grad.reshape(-1).float() * gscale
         p = param.reshape(-1).float()
         u, _ = fn(g, p, _states_in(states, absmaxes, qmaps, i, n_states), h)
-        u = torch.where(torch.isfinite(g), u, 0.0)
+        u = torch.where(_updates(g, h), u, 0.0)
         out[i, 0] = (u.double() ** 2).sum()
         out[i, 1] = (p.double() ** 2).sum()
     return out

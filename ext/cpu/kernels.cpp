@@ -122,8 +122,8 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk) {
       s_old[k] = s[k];
     }
     const float u = Rule::direction(gi, pi, s, h);
-    // A non-finite gradient element leaves its parameter and states as they were.
-    const bool ok = is_finite(gi);
+    // A non-finite (or, with skip_zeros, zero) gradient element leaves its parameter and states as they were.
+    const bool ok = updates_element(gi, h);
     const S updated = T::store(apply_update(pi, u, uscale, h));
     p[i] = ok ? updated : p[i];
     for (int k = 0; k < NS; ++k) {
@@ -131,7 +131,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk) {
       if constexpr (Quantized) fresh[k][i] = v;
       else fstate[k][i] = v;
     }
-    skipped += int64_t(!ok);
+    skipped += int64_t(!is_finite(gi));
   }
 
   if constexpr (Quantized) {
@@ -180,7 +180,7 @@ void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, double* uu, double
     float s[NS];
     for (int k = 0; k < NS; ++k) s[k] = Quantized ? decode(codes[k][i], old_absmax[k], qmap[k]) : fstate[k][i];
     const float u = Rule::direction(gi, pi, s, h);
-    su += is_finite(gi) ? u * u : 0.0f;
+    su += updates_element(gi, h) ? u * u : 0.0f;
     sp += pi * pi;
   }
   *uu = su;

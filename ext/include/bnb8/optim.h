@@ -25,7 +25,12 @@ struct Hyper {
   float lr = 0.0f;                     // the plain learning rate, for rules that need it
   int32_t step = 1;                    // 1 on the first update
   int32_t nesterov = 0, centered = 0;
+  int32_t skip_zeros = 0;              // leave elements whose gradient is exactly 0 untouched
 };
+
+// Whether an element is updated: never for a NaN/Inf gradient (its block's absmax must stay finite),
+// and not for a zero gradient when skip_zeros is set.
+BNB8_HD bool updates_element(float g, const Hyper& h) { return is_finite(g) && !(h.skip_zeros && g == 0.0f); }
 
 BNB8_HD float apply_update(float p, float u, float uscale, const Hyper& h) {
   return p * h.decay - h.step_size * uscale * u;

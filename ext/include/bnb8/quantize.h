@@ -54,9 +54,10 @@ BNB8_HD int32_t nearest_code_bisect(float y, const float* thresholds) {
 // y = x / absmax, clamped into the code range [-1, 1]; an all-zero block (absmax 0) maps to 0.
 // Comparisons, not fminf/fmaxf: their NaN rules keep GCC from vectorising them (a libm call each).
 BNB8_HD float normalize(float x, float absmax) {
+  // Written so that NaN fails both tests and lands on -1: the bucket index must stay in bounds.
   float y = absmax > 0.0f ? x / absmax : 0.0f;
-  y = y < -1.0f ? -1.0f : y;
-  return y > 1.0f ? 1.0f : y;
+  y = y >= -1.0f ? y : -1.0f;
+  return y <= 1.0f ? y : 1.0f;
 }
 
 // Takes the table pointers by value (not a CodeSearch&): vectorisers need loop-invariant pointers.

@@ -1,0 +1,77 @@
+"""Embedding layers whose weights keep 32-bit optimizer state.
+
+Embedding rows see rare, spiky gradients; 8-bit state loses them. Both layers register their weight
+with :class:`~bnb8.optim.GlobalOptimManager` for ``optim_bits=32``, so an 8-bit optimizer over the
+whole model still keeps full-precision state for them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bnb8.optim.manager import GlobalOptimManager
+
+
+class Embedding(nn.Embedding):
+    """``torch.nn.Embedding`` (same arguments) whose weight always gets 32-bit optimizer state."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        GlobalOptimManager.get_instance().register_module_override(self, "weight", {"optim_bits": 32})
+
+
+class StableEmbedding(Embedding):
+    """The stable embedding of Dettmers et al. (2022): Xavier-uniform initialisation, LayerNorm after
+    the lookup (computed in the default dtype), and 32-bit optimizer state for the weight — what keeps
+    8-bit optimizers stable on NLP models.
+
+    Args: as ``torch.nn.Embedding`` (``num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
+    scale_grad_by_freq, sparse, _weight, device, dtype``).
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Tensor | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_idx,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            _weight,
+            device=device,
+            dtype=dtype,
+        )
+        self.norm = nn.LayerNorm(embedding_dim, device=device)
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
+        self._fill_padding_idx_with_zero()
+
+    def forward(self, input: Tensor) -> Tensor:
+        emb = F.embedding(
+            input,
+            self.weight,
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
+        # LayerNorm in the default dtype (float32), then back to the weight's dtype.
+        emb = emb.to(torch.get_default_dtype())
+        return self.norm(emb).to(self.weight.dtype)

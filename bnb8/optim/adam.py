@@ -1,0 +1,170 @@
+"""Adam and AdamW with 8-bit or 32-bit state (and their paged variants)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bnb8.optim.optimizer import Optimizer8bit, check_betas, check_eps, check_lr, check_weight_decay
+
+_COMMON_ARGS_DOC = """
+        optim_bits (int, optional): 8 for block-wise 8-bit state, 32 for float32 state (default: {bits}).
+        args (object, optional): a bitsandbytes-style config object whose ``optim_bits``,
+            ``min_8bit_size``, ``percentile_clipping``, ``max_unorm``, ``skip_zeros``, ``is_paged``
+            attributes replace the arguments of the same name (default: None).
+        min_8bit_size (int, optional): parameters with fewer elements keep float32 state (default: 4096).
+        percentile_clipping (int, optional): clip the gradient norm to this percentile of the last 100
+            norms of the parameter; 100 disables (default: 100).
+        block_wise (bool, optional): must be True; bnb8 always quantizes in blocks of 256 (default: True).
+        max_unorm (float, optional): scale the update so that ||u|| <= max_unorm * ||p||, where u is
+            the update direction before the learning rate; 0 disables (default: 0.0).
+        skip_zeros (bool, optional): leave elements whose gradient is exactly 0 untouched (default: False).
+        is_paged (bool, optional): keep large states in CUDA unified memory that can spill to host RAM;
+            a no-op on the CPU (default: False).
+        maximize (bool, optional): maximize the objective instead of minimizing (default: False).
+        foreach, fused (bool, optional): accepted for drop-in compatibility with ``torch.optim``;
+            bnb8 always runs its fused multi-tensor kernel (default: None).
+        capturable, differentiable (bool, optional): must be False (default: False)."""
+
+
+class _AdamBase(Optimizer8bit):
+    decoupled: bool = False  # AdamW: weight decay applied to the parameter, not added to the gradient
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        percentile_clipping: int = 100,
+        block_wise: bool = True,
+        max_unorm: float = 0.0,
+        skip_zeros: bool = False,
+        is_paged: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        if capturable or differentiable:
+            raise ValueError(
+                "capturable=True and differentiable=True are not supported by bnb8 optimizers; leave them False"
+            )
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        super().__init__(
+            params,
+            defaults,
+            optim_bits=optim_bits,
+            args=args,
+            min_8bit_size=min_8bit_size,
+            percentile_clipping=percentile_clipping,
+            block_wise=block_wise,
+            max_unorm=max_unorm,
+            skip_zeros=skip_zeros,
+            is_paged=is_paged,
+            maximize=maximize,
+        )
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_lr(group["lr"])
+        check_eps(group["eps"])
+        check_weight_decay(group["weight_decay"])
+        check_betas(group["betas"])
+        if group.get("amsgrad") and group["optim_bits"] == 8:
+            raise ValueError(
+                "amsgrad=True is implemented with 32-bit state only: pass optim_bits=32 (or use Adam32bit)"
+            )
+
+    def _state_kinds(self, cfg):
+        kinds = [("state1", True), ("state2", False)]
+        if cfg["amsgrad"]:
+            kinds.append(("state3", None))  # running max of the second moment, always float32
+        return kinds
+
+    def _rule(self, cfg, step, quantized):
+        beta1, beta2 = cfg["betas"]
+        lr, wd = cfg["lr"], cfg["weight_decay"]
+        hyper = dict(
+            beta1=beta1,
+            beta2=beta2,
+            eps=cfg["eps"],
+            lr=lr,
+            step=step,
+            step_size=lr / (1.0 - beta1**step),
+            bias_correction2_sqrt=math.sqrt(1.0 - beta2**step),
+            decay=1.0 - lr * wd if self.decoupled else 1.0,
+            weight_decay=0.0 if self.decoupled else wd,
+        )
+        return ("adam_amsgrad" if cfg["amsgrad"] else "adam"), hyper
+
+
+class Adam(_AdamBase):
+    __doc__ = """Adam (Kingma & Ba, 2015) with 8-bit (``optim_bits=8``) or 32-bit optimizer state.
+
+    Arguments and defaults as ``torch.optim.Adam``: ``weight_decay`` is coupled L2 regularisation
+    (added to the gradient). For decoupled weight decay use :class:`AdamW`.
+
+    Args:
+        params (iterable): parameters or parameter groups to optimize.
+        lr (float, optional): learning rate (default: 1e-3).
+        betas (Tuple[float, float], optional): coefficients of the running averages of the gradient
+            and its square (default: (0.9, 0.999)).
+        eps (float, optional): added to the denominator for numerical stability (default: 1e-8).
+        weight_decay (float, optional): L2 penalty (default: 0).
+        amsgrad (bool, optional): the AMSGrad variant (Reddi et al., 2018); 32-bit state only
+            (default: False).""" + _COMMON_ARGS_DOC.format(bits=32)
+
+
+class AdamW(_AdamBase):
+    __doc__ = """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay, 8-bit or 32-bit state.
+
+    Arguments and defaults as ``torch.optim.AdamW`` (``weight_decay=1e-2``).
+
+    Args:
+        params (iterable): parameters or parameter groups to optimize.
+        lr (float, optional): learning rate (default: 1e-3).
+        betas (Tuple[float, float], optional): (default: (0.9, 0.999)).
+        eps (float, optional): (default: 1e-8).
+        weight_decay (float, optional): decoupled weight decay coefficient (default: 1e-2).
+        amsgrad (bool, optional): 32-bit state only (default: False).""" + _COMMON_ARGS_DOC.format(bits=32)
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *args, **kwargs):
+        super().__init__(params, lr, betas, eps, weight_decay, *args, **kwargs)
+
+
+def fixed_variant(base: type, name: str, bits: int | None = None, paged: bool = False) -> type:
+    """A subclass of ``base`` with optim_bits and/or is_paged fixed (bitsandbytes' ``Adam8bit``,
+    ``PagedAdamW32bit``, ...). Passing a different value for a fixed argument is an error."""
+    fixed = {"is_paged": paged} | ({} if bits is None else {"optim_bits": bits})
+
+    def __init__(self, params, *args, **kwargs):
+        for key, value in fixed.items():
+            if key in kwargs and kwargs[key] != value:
+                raise ValueError(f"{name} has {key}={value}; got {key}={kwargs[key]!r} (use {base.__name__})")
+            kwargs[key] = value
+        base.__init__(self, params, *args, **kwargs)
+
+    what = "" if bits is None else f" with {bits}-bit optimizer state"
+    paging = " with paged state (CUDA unified memory; a no-op on the CPU)" if paged else ""
+    doc = f"{base.__name__}{what}{paging}. Arguments as :class:`{base.__name__}`."
+    return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": base.__module__})
+
+
+Adam8bit = fixed_variant(Adam, "Adam8bit", bits=8)
+Adam32bit = fixed_variant(Adam, "Adam32bit", bits=32)
+AdamW8bit = fixed_variant(AdamW, "AdamW8bit", bits=8)
+AdamW32bit = fixed_variant(AdamW, "AdamW32bit", bits=32)
+PagedAdam = fixed_variant(Adam, "PagedAdam", paged=True)
+PagedAdam8bit = fixed_variant(Adam, "PagedAdam8bit", bits=8, paged=True)
+PagedAdam32bit = fixed_variant(Adam, "PagedAdam32bit", bits=32, paged=True)
+PagedAdamW = fixed_variant(AdamW, "PagedAdamW", paged=True)
+PagedAdamW8bit = fixed_variant(AdamW, "PagedAdamW8bit", bits=8, paged=True)
+PagedAdamW32bit = fixed_variant(AdamW, "PagedAdamW32bit", bits=32, paged=True)

@@ -1,0 +1,164 @@
+"""GlobalOptimManager: per-parameter optimizer overrides, as bitsandbytes documents them.
+
+    mng = bnb8.optim.GlobalOptimManager.get_instance()
+    mng.register_parameters(model.parameters())       # while the model is still on the CPU
+    model = model.cuda()
+    opt = bnb8.optim.Adam(model.parameters(), lr=1e-3, optim_bits=8)
+    mng.override_config(model.fc1.weight, "optim_bits", 32)               # 32-bit state for this one
+    mng.override_config([model.a.weight, model.b.weight], key_value_dict={"lr": 1e-5, "betas": (0.9, 0.98)})
+
+Overrides may be registered before or after the optimizer is built; they take effect from its next
+step (``optim_bits`` and ``min_8bit_size`` decide the state layout when a parameter's state is
+created, on its first step). A parameter is found by identity (``nn.Module.to``/``.cuda`` keep the
+``Parameter`` object), by its position at ``register_parameters`` time, or, for
+``register_module_override``, through the module attribute at step time — so overrides survive moving
+the model between devices.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+# Keys an override may set, and what each one means to the optimizer.
+OVERRIDABLE_KEYS = frozenset(
+    {
+        "optim_bits",
+        "min_8bit_size",
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "percentile_clipping",
+        "max_unorm",
+        "skip_zeros",
+        # bitsandbytes' docs pass is_sparse=True for embedding layers: bnb8 implements it as
+        # skip_zeros (elements whose gradient is exactly zero are left untouched).
+        "is_sparse",
+        # family-specific hyper-parameters
+        "momentum",
+        "dampening",
+        "nesterov",
+        "alpha",
+        "lr_decay",
+        "t_alpha",
+        "t_beta3",
+        "trust_coeff",
+    }
+)
+
+
+class GlobalOptimManager:
+    """Process-wide registry of per-parameter optimizer configuration overrides (a singleton)."""
+
+    _instance: GlobalOptimManager | None = None
+
+    def __init__(self) -> None:
+        raise RuntimeError("GlobalOptimManager is a singleton: use GlobalOptimManager.get_instance()")
+
+    @classmethod
+    def get_instance(cls) -> GlobalOptimManager:
+        if cls._instance is None:
+            inst = cls.__new__(cls)
+            inst.initialize()
+            cls._instance = inst
+        return cls._instance
+
+    def initialize(self) -> None:
+        """Forget every registration and override."""
+        # id(param) -> (weak reference, overrides). Tensors cannot be WeakKeyDictionary keys (their ==
+        # is element-wise), so identity is checked through the weak reference.
+        self._by_param: dict[int, tuple[weakref.ref, dict[str, Any]]] = {}
+        self._registered: list[list[weakref.ref]] = []
+        self._module_overrides: list[tuple[weakref.ref, str, dict[str, Any]]] = []
+
+    # -- registration -------------------------------------------------------------------------------
+    def register_parameters(self, params: Iterable) -> None:
+        """Remember parameters by position (group index, index in group), so an override given for
+        a registered parameter still applies if the tensor object is later replaced."""
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self._registered = [[weakref.ref(p) for p in g["params"]] for g in groups]
+
+    def override_config(
+        self,
+        parameters: torch.Tensor | Iterable[torch.Tensor],
+        key: str | None = None,
+        value: Any = None,
+        key_value_dict: dict[str, Any] | None = None,
+    ) -> None:
+        """Override optimizer settings for one parameter or a list of them.
+
+        Either ``key`` and ``value`` or ``key_value_dict``. Keys: ``optim_bits, min_8bit_size, lr,
+        betas, eps, weight_decay, percentile_clipping, max_unorm, skip_zeros, is_sparse`` and the
+        family-specific hyper-parameters (``momentum``, ``alpha``, ...).
+        """
+        if key is not None and key_value_dict is not None:
+            raise ValueError("override_config: pass either key and value, or key_value_dict, not both")
+        if key is not None:
+            key_value_dict = {key: value}
+        if not key_value_dict:
+            raise ValueError("override_config: nothing to override (pass key and value, or key_value_dict)")
+        unknown = set(key_value_dict) - OVERRIDABLE_KEYS
+        if unknown:
+            raise ValueError(
+                f"override_config: unknown key(s) {sorted(unknown)}; expected some of {sorted(OVERRIDABLE_KEYS)}"
+            )
+        if isinstance(parameters, torch.Tensor):
+            parameters = [parameters]
+        for p in parameters:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"override_config: expected parameters (tensors), got {type(p).__name__}")
+            self._overrides_of(p, create=True).update(key_value_dict)
+
+    def register_module_override(
+        self, module: torch.nn.Module, param_name: str, config: dict[str, Any]
+    ) -> None:
+        """Override ``config`` for ``getattr(module, param_name)``, resolved when an optimizer steps."""
+        unknown = set(config) - OVERRIDABLE_KEYS
+        if unknown:
+            raise ValueError(f"register_module_override: unknown key(s) {sorted(unknown)}")
+        self._module_overrides.append((weakref.ref(module), param_name, dict(config)))
+
+    # -- lookup (used by the optimizers) ------------------------------------------------------------
+    def _resolve_module_overrides(self) -> None:
+        alive = []
+        for module_ref, name, config in self._module_overrides:
+            module = module_ref()
+            if module is None:
+                continue
+            alive.append((module_ref, name, config))
+            param = getattr(module, name, None)
+            if isinstance(param, torch.Tensor):
+                explicit = self._overrides_of(param, create=True)
+                explicit.update({k: v for k, v in config.items() if k not in explicit})  # explicit wins
+        self._module_overrides = alive
+
+    def _overrides_of(self, param: torch.Tensor, create: bool = False) -> dict[str, Any] | None:
+        entry = self._by_param.get(id(param))
+        if entry is not None and entry[0]() is param:
+            return entry[1]
+        if not create:
+            return None
+        key = id(param)
+        overrides: dict[str, Any] = {}
+        self._by_param[key] = (
+            weakref.ref(param, lambda _, key=key: self._by_param.pop(key, None)),
+            overrides,
+        )
+        return overrides
+
+    def overrides_for(self, group_index: int, index: int, param: torch.Tensor) -> dict[str, Any]:
+        """The overrides of one parameter of an optimizer (empty dict when none)."""
+        found = self._overrides_of(param)
+        if found is not None:
+            return found
+        if group_index < len(self._registered) and index < len(self._registered[group_index]):
+            registered = self._registered[group_index][index]()
+            if registered is not None and registered is not param:
+                return self._overrides_of(registered) or {}
+        return {}

@@ -1,0 +1,497 @@
+"""The base class of every bnb8 optimizer family.
+
+A family (``bnb8/optim/adam.py``, ...) declares its states, validates its hyper-parameters and maps a
+parameter's configuration to a native update rule plus hyper-parameters. This class does the rest,
+the same way for every family:
+
+* argument validation in ``__init__`` (and for every added param group);
+* lazy state creation on a parameter's first step: 8-bit states (uint8 codes in the parameter's shape,
+  one float32 absmax per block of 256, a shared 256-entry qmap) when ``optim_bits == 8`` and the
+  parameter has at least ``min_8bit_size`` elements, float32 states otherwise;
+* per-parameter overrides from :class:`~bnb8.optim.GlobalOptimManager`;
+* ``step()``: all checks first (a failed step changes nothing), then parameters are bucketed by
+  (device, dtype, state kind, rule, hyper-parameters) and each bucket is one fused native call;
+* ``percentile_clipping`` and ``max_unorm`` scales, computed on the device without host syncs;
+* ``state_dict()``/``load_state_dict()`` in bitsandbytes' layout (bit-exact resume; bitsandbytes'
+  own state dicts load too).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from bnb8 import _native, _ops
+from bnb8.functional import code_search_tables, dynamic_map
+from bnb8.optim.manager import GlobalOptimManager
+
+BLOCK = 256  # optimizer-state quantization block
+GNORM_HISTORY = 100  # gradient norms remembered for percentile clipping
+QUANT_STATE_KEY = "__bnb_optimizer_quant_state__"  # bitsandbytes' nested key for quantization tensors
+# Per-parameter state tensors that are not in the parameter's dtype (never cast on load).
+QUANT_KEYS = (
+    "state1",
+    "state2",
+    "state3",
+    "absmax1",
+    "absmax2",
+    "absmax3",
+    "qmap1",
+    "qmap2",
+    "qmap3",
+    "gnorm_vec",
+    "unorm_vec",
+)
+
+# Settings every family accepts (bitsandbytes' names), with their defaults.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "optim_bits": 32,
+    "min_8bit_size": 4096,
+    "percentile_clipping": 100,
+    "max_unorm": 0.0,
+    "skip_zeros": False,
+    "maximize": False,
+}
+
+
+def _check_common(cfg: dict[str, Any]) -> None:
+    if cfg["optim_bits"] not in (8, 32):
+        raise ValueError(f"optim_bits: expected 8 or 32, got {cfg['optim_bits']!r}")
+    if isinstance(cfg["min_8bit_size"], bool) or not isinstance(cfg["min_8bit_size"], int | float):
+        raise ValueError(f"min_8bit_size: expected a non-negative number, got {cfg['min_8bit_size']!r}")
+    if cfg["min_8bit_size"] < 0:
+        raise ValueError(f"min_8bit_size: expected a non-negative number, got {cfg['min_8bit_size']!r}")
+    pc = cfg["percentile_clipping"]
+    if isinstance(pc, bool) or not isinstance(pc, int) or not 1 <= pc <= 100:
+        raise ValueError(f"percentile_clipping: expected an integer in 1..100 (100 = off), got {pc!r}")
+    if not cfg["max_unorm"] >= 0.0:
+        raise ValueError(f"max_unorm: expected >= 0 (0 = off), got {cfg['max_unorm']!r}")
+
+
+def check_lr(lr: Any) -> None:
+    if isinstance(lr, torch.Tensor):
+        raise ValueError("lr: a tensor learning rate is not supported; pass a float")
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: lr={lr!r} (expected >= 0)")
+
+
+def check_eps(eps: Any) -> None:
+    if not eps >= 0.0:
+        raise ValueError(f"Invalid epsilon value: eps={eps!r} (expected >= 0)")
+
+
+def check_weight_decay(weight_decay: Any) -> None:
+    if not weight_decay >= 0.0:
+        raise ValueError(f"Invalid weight_decay value: weight_decay={weight_decay!r} (expected >= 0)")
+
+
+def check_betas(betas: Any, count: int = 2) -> None:
+    if not isinstance(betas, tuple | list) or len(betas) != count:
+        raise ValueError(f"betas: expected a tuple of {count} floats in [0, 1), got {betas!r}")
+    for i, b in enumerate(betas):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: betas[{i}]={b!r} (expected in [0, 1))")
+
+
+class Optimizer8bit(torch.optim.Optimizer):
+    """Base class: see the module docstring. Families set the class attributes below and implement
+    :meth:`_check_group`, :meth:`_state_kinds` and :meth:`_rule`."""
+
+    # Names of the group keys the family itself validates and uses (besides COMMON_DEFAULTS).
+    family_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        params: Iterable,
+        defaults: dict[str, Any],
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        percentile_clipping: int = 100,
+        block_wise: bool = True,
+        max_unorm: float = 0.0,
+        skip_zeros: bool = False,
+        is_paged: bool = False,
+        maximize: bool = False,
+    ) -> None:
+        common = {
+            "optim_bits": optim_bits,
+            "min_8bit_size": min_8bit_size,
+            "percentile_clipping": percentile_clipping,
+            "max_unorm": max_unorm,
+            "skip_zeros": skip_zeros,
+            "maximize": maximize,
+        }
+        if args is not None:  # bitsandbytes' argparse-style config object: its attributes win
+            for key in ("optim_bits", "min_8bit_size", "percentile_clipping", "max_unorm", "skip_zeros"):
+                if hasattr(args, key):
+                    common[key] = getattr(args, key)
+            block_wise = getattr(args, "block_wise", block_wise)
+            is_paged = getattr(args, "is_paged", is_paged)
+        if not block_wise:
+            raise ValueError(
+                "block_wise=False (one scale per tensor) is not supported: bnb8 always quantizes optimizer "
+                "state in blocks of 256, which is more accurate; drop the argument"
+            )
+        self.is_paged = bool(is_paged)
+        defaults = {**defaults, **common}
+        _check_common(defaults)
+        self._check_group(defaults)
+        self._codebooks: dict[tuple[torch.device, bool], torch.Tensor] = {}
+        self._search: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        self._nonfinite: dict[torch.device, torch.Tensor] = {}
+        self.mng = GlobalOptimManager.get_instance()
+        super().__init__(params, defaults)
+
+    # -- what a family provides ---------------------------------------------------------------------
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Raise ValueError for an invalid hyper-parameter of this family."""
+
+    def _state_kinds(self, cfg: dict[str, Any]) -> list[tuple[str, bool | None]]:
+        """The states of a parameter: (key, signed) per state; signed=None keeps it float32 always."""
+        raise NotImplementedError
+
+    def _rule(self, cfg: dict[str, Any], step: int, quantized: bool) -> tuple[str, dict[str, float]]:
+        """The native rule name and its hyper-parameters (bnb8._native.HYPER_FIELDS) for one step."""
+        raise NotImplementedError
+
+    def _update_scale(self, cfg: dict[str, Any], unorm: torch.Tensor, pnorm: torch.Tensor) -> torch.Tensor:
+        """Per-tensor update scale from the norms of u and p; max_unorm by default (trust-ratio
+        families override this). Only called when :meth:`_needs_norms` is true."""
+        limit = cfg["max_unorm"] * pnorm
+        return torch.where(unorm > limit, limit / unorm, torch.ones_like(unorm))
+
+    def _needs_norms(self, cfg: dict[str, Any]) -> bool:
+        return cfg["max_unorm"] > 0.0
+
+    # -- param groups -------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list (param group with no parameters)")
+        for p in params:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"params: expected tensors, got {type(p).__name__}")
+            if not (p.is_floating_point()) or p.is_complex():
+                raise ValueError(
+                    f"params: bnb8 optimizers update float32, float16 or bfloat16 parameters, got one of {p.dtype}"
+                )
+            _native.dtype_code(p, "params")
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_common(group)
+        self._check_group(group)
+
+    # -- configuration -----------------------------------------------------------------------------
+    def _config(self, group_index: int, index: int, group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
+        overrides = self.mng.overrides_for(group_index, index, p)
+        if not overrides:
+            return group
+        cfg = {**group, **overrides}
+        if cfg.pop("is_sparse", False):
+            cfg["skip_zeros"] = True
+        _check_common(cfg)
+        self._check_group(cfg)
+        return cfg
+
+    @staticmethod
+    def _is_8bit(cfg: dict[str, Any], p: torch.Tensor) -> bool:
+        return cfg["optim_bits"] == 8 and p.numel() >= cfg["min_8bit_size"]
+
+    def _codebook(self, device: torch.device, signed: bool) -> torch.Tensor:
+        key = (device, signed)
+        if key not in self._codebooks:
+            self._codebooks[key] = dynamic_map(signed, device)
+        return self._codebooks[key]
+
+    def _search_tables(self, qmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        entry = self._search.get(id(qmap))
+        if entry is None or entry[0] is not qmap:
+            entry = (qmap, *code_search_tables(qmap))
+            self._search[id(qmap)] = entry
+        return entry[1], entry[2]
+
+    def _alloc(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Zeroed state storage; paged (CUDA unified memory) for paged optimizers on CUDA.
+        On the CPU paging is a no-op: host memory is what it would spill to anyway."""
+        if self.is_paged and device.type == "cuda":
+            from bnb8 import paged
+
+            return paged.zeros(shape, dtype, device)
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    def _init_state(self, p: torch.Tensor, cfg: dict[str, Any]) -> None:
+        state = self.state[p]
+        state["step"] = 0
+        quantized = self._is_8bit(cfg, p)
+        for k, (key, signed) in enumerate(self._state_kinds(cfg), start=1):
+            if quantized and signed is not None:
+                state[key] = self._alloc(p.shape, torch.uint8, p.device)
+                state[f"absmax{k}"] = torch.zeros((p.numel() + BLOCK - 1) // BLOCK, device=p.device)
+                state[f"qmap{k}"] = self._codebook(p.device, signed)
+            else:
+                state[key] = self._alloc(p.shape, torch.float32, p.device)
+        if cfg["percentile_clipping"] < 100:
+            state["gnorm_vec"] = torch.zeros(GNORM_HISTORY, device=p.device)
+        if self._needs_norms(cfg):
+            state["unorm_vec"] = torch.zeros(1, device=p.device)
+
+    def _check_param(self, p: torch.Tensor) -> None:
+        g = p.grad
+        if g.is_sparse or g.layout != torch.strided:
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients; use torch.optim.SparseAdam or "
+                "a dense embedding (nn.Embedding(sparse=False))"
+            )
+        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            raise ValueError(
+                f"grad: expected {p.dtype} {tuple(p.shape)} on {p.device} like its parameter, got "
+                f"{g.dtype} {tuple(g.shape)} on {g.device}"
+            )
+        state = self.state.get(p)
+        if state:
+            s1 = state.get("state1")
+            if s1 is None or s1.numel() != p.numel():
+                raise RuntimeError(
+                    f"a parameter of shape {tuple(p.shape)} changed size after its optimizer state was created "
+                    f"(state has {None if s1 is None else s1.numel()} elements); rebuild the optimizer"
+                )
+            if s1.device != p.device:
+                raise RuntimeError(
+                    f"optimizer state is on {s1.device} but its parameter is on {p.device}; move the model "
+                    "before creating the optimizer, or load_state_dict again after moving it"
+                )
+
+    @property
+    def nonfinite_count(self) -> int:
+        """Number of gradient elements skipped because they were NaN or Inf (their parameter and
+        state elements stayed as they were). Reading it synchronises with the device."""
+        return int(sum(int(t.item()) for t in self._nonfinite.values()))
+
+    # -- the step -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.mng._resolve_module_overrides()
+        work = []
+        for gi, group in enumerate(self.param_groups):  # all checks first: a failed step changes nothing
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                self._check_param(p)
+                work.append((p, self._config(gi, pi, group, p)))
+        buckets: dict[tuple, list] = defaultdict(list)
+        for p, cfg in work:
+            state = self.state[p]
+            if not state:
+                self._init_state(p, cfg)
+            state["step"] += 1
+            quantized = state["state1"].dtype == torch.uint8
+            rule, hyper = self._rule(cfg, state["step"], quantized)
+            hyper["skip_zeros"] = int(bool(cfg["skip_zeros"]))
+            qmaps = tuple(id(state[k]) for k in ("qmap1", "qmap2", "qmap3") if k in state)
+            key = (
+                p.device,
+                p.dtype,
+                quantized,
+                rule,
+                tuple(_native.hyper_list(**hyper)),
+                qmaps,
+                cfg["percentile_clipping"],
+                cfg["max_unorm"],
+                cfg["maximize"],
+                self._needs_norms(cfg),
+            )
+            buckets[key].append((p, cfg))
+        for key, members in buckets.items():
+            self._update_bucket(key, members)
+        return loss
+
+    def _gradient_scales(self, members: list, grads: list[torch.Tensor]) -> torch.Tensor | None:
+        cfg = members[0][1]
+        percentile = cfg["percentile_clipping"]
+        if percentile >= 100 and not cfg["maximize"]:
+            return None
+        device = grads[0].device
+        scale = torch.ones(len(grads), device=device)
+        if percentile < 100:
+            sq_norms = torch.stack(torch._foreach_norm(grads)).float() ** 2
+            for i, (p, _) in enumerate(members):
+                state = self.state[p]
+                step = state["step"]
+                history = state["gnorm_vec"]
+                history[(step - 1) % GNORM_HISTORY] = sq_norms[i]
+                valid = min(step, GNORM_HISTORY)
+                rank = max(math.ceil(percentile / 100 * valid) - 1, 0)
+                clip = torch.sort(history[:valid]).values[rank]
+                scale[i] = torch.where(sq_norms[i] > clip, torch.sqrt(clip / sq_norms[i]), 1.0)
+        if cfg["maximize"]:
+            scale = -scale
+        return torch.stack([scale, torch.ones_like(scale)], dim=1)
+
+    def _update_bucket(self, key: tuple, members: list) -> None:
+        device, _, quantized, rule, hyper, _, _, _, _, needs_norms = key
+        params = [p for p, _ in members]
+        cfg = members[0][1]
+        # The kernels read and write raw memory: work on contiguous views (copied back below).
+        work_params = [p if p.is_contiguous() else p.contiguous() for p in params]
+        grads = [p.grad.contiguous() for p in params]
+        states0 = self.state[params[0]]
+        n_states = sum(1 for k in ("state1", "state2", "state3") if k in states0)
+        states = [[self.state[p][f"state{k}"] for p in params] for k in range(1, n_states + 1)]
+        absmaxes = [
+            [self.state[p][f"absmax{k}"] for p in params] if f"absmax{k}" in states0 else []
+            for k in range(1, n_states + 1)
+        ]
+        qmaps, thresholds, buckets = [], [], []
+        for k in range(1, n_states + 1):
+            if f"qmap{k}" in states0:
+                qmap = states0[f"qmap{k}"]
+                thr, lo = self._search_tables(qmap)
+                qmaps.append(qmap)
+                thresholds.append(thr)
+                buckets.append(lo if lo is not None else torch.empty(0, dtype=torch.int32, device=device))
+        if self.is_paged and device.type == "cuda":
+            from bnb8 import paged
+
+            paged.prefetch([s for per_state in states for s in per_state], device)
+        scales = self._gradient_scales(members, grads)
+        pad = [[]] * (3 - n_states)
+        state_args = [*states, *pad]
+        absmax_args = [*absmaxes, *pad]
+        if needs_norms:
+            norms = _ops.optimizer_norms(
+                rule, work_params, grads, *state_args, *absmax_args, qmaps, list(hyper), scales
+            )
+            norms = norms.double().sqrt()
+            uscale = self._update_scale(cfg, norms[:, 0], norms[:, 1]).float()
+            if scales is None:
+                scales = torch.ones(len(params), 2, device=device)
+            scales[:, 1] = uscale
+            for i, p in enumerate(params):
+                self.state[p]["unorm_vec"].copy_(norms[i, 0:1])
+        nonfinite = self._nonfinite.get(device)
+        if nonfinite is None:
+            nonfinite = self._nonfinite[device] = torch.zeros(1, dtype=torch.int64, device=device)
+        _ops.optimizer_update_(
+            rule, work_params, grads, *state_args, *absmax_args, qmaps, thresholds, buckets, list(hyper), scales,
+            nonfinite,
+        )  # fmt: skip
+        for p, w in zip(params, work_params):
+            if w is not p:
+                p.copy_(w)
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's layout with bitsandbytes' nesting: quantization tensors of each parameter
+        (codes, absmax, qmap, float32 states, norm histories) under ``__bnb_optimizer_quant_state__``,
+        so the dict loads in bitsandbytes too and FSDP's gathering skips them. Tensors and plain Python
+        values only: ``torch.load(..., weights_only=True)`` reads it."""
+        sd = super().state_dict()
+        wrapped = {}
+        for index, param_state in sd["state"].items():
+            plain = {k: v for k, v in param_state.items() if k not in QUANT_KEYS}
+            quant = {k: v for k, v in param_state.items() if k in QUANT_KEYS}
+            if quant:
+                plain[QUANT_STATE_KEY] = quant
+            wrapped[index] = plain
+        sd["state"] = wrapped
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of bnb8 or bitsandbytes (>= 0.44) for the same parameters.
+
+        Everything is checked before anything changes: on error the optimizer is exactly as before.
+        """
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError(
+                "state_dict: expected a dict with 'state' and 'param_groups' (from optimizer.state_dict())"
+            )
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict: has {len(saved_groups)} parameter groups, this optimizer has {len(self.param_groups)}"
+            )
+        for i, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(
+                    f"state_dict: parameter group {i} has {len(sg['params'])} parameters, this optimizer's has "
+                    f"{len(g['params'])}"
+                )
+        id_map = {}
+        for g, sg in zip(self.param_groups, saved_groups):
+            id_map.update(zip(sg["params"], g["params"]))
+        new_state: dict[torch.Tensor, dict[str, Any]] = {}
+        shared: dict[int, torch.Tensor] = {}  # keeps one qmap object per saved qmap (shared buckets)
+        for index, saved in state_dict["state"].items():
+            if index not in id_map:
+                raise ValueError(f"state_dict: state for parameter index {index!r}, which no group lists")
+            p = id_map[index]
+            flat = {k: v for k, v in saved.items() if k != QUANT_STATE_KEY}
+            flat.update(saved.get(QUANT_STATE_KEY, {}))
+            new_state[p] = self._checked_state(index, p, flat, shared)
+        new_groups = []
+        for g, sg in zip(self.param_groups, saved_groups):
+            merged = {**g, **{k: v for k, v in sg.items() if k != "params"}}
+            merged["params"] = g["params"]
+            for key, default in COMMON_DEFAULTS.items():
+                merged.setdefault(key, default)
+            _check_common(merged)
+            self._check_group(merged)
+            new_groups.append(merged)
+        # Nothing failed: commit.
+        self.state = defaultdict(dict, new_state)
+        self.param_groups = new_groups
+        self._search.clear()
+
+    def _checked_state(
+        self, index: Any, p: torch.Tensor, saved: dict[str, Any], shared: dict[int, torch.Tensor]
+    ) -> dict[str, Any]:
+        where = f"state_dict: parameter {index!r} (shape {tuple(p.shape)})"
+        if "step" not in saved or "state1" not in saved:
+            raise ValueError(f"{where}: missing 'step' or 'state1'")
+        out: dict[str, Any] = {}
+        step = saved["step"]
+        out["step"] = int(step.item() if isinstance(step, torch.Tensor) else step)
+        nblocks = (p.numel() + BLOCK - 1) // BLOCK
+        for k in (1, 2, 3):
+            s = saved.get(f"state{k}")
+            if s is None:
+                continue
+            if not isinstance(s, torch.Tensor) or s.numel() != p.numel():
+                got = s.numel() if isinstance(s, torch.Tensor) else type(s).__name__
+                raise ValueError(f"{where}: state{k} has {got} elements, expected {p.numel()}")
+            if s.dtype == torch.uint8:
+                absmax, qmap = saved.get(f"absmax{k}"), saved.get(f"qmap{k}")
+                if not isinstance(absmax, torch.Tensor) or absmax.numel() != nblocks:
+                    raise ValueError(
+                        f"{where}: 8-bit state{k} needs absmax{k} with {nblocks} values (one per block of {BLOCK})"
+                    )
+                if not isinstance(qmap, torch.Tensor) or qmap.numel() != 256:
+                    raise ValueError(f"{where}: 8-bit state{k} needs qmap{k} with 256 values")
+                if id(qmap) not in shared:
+                    shared[id(qmap)] = qmap.detach().to(p.device, torch.float32).clone()
+                out[f"state{k}"] = s.detach().to(p.device).clone().view(p.shape)
+                out[f"absmax{k}"] = absmax.detach().to(p.device, torch.float32).clone().view(-1)
+                out[f"qmap{k}"] = shared[id(qmap)]
+            elif s.is_floating_point():
+                out[f"state{k}"] = s.detach().to(p.device, torch.float32).clone().view(p.shape)
+            else:
+                raise ValueError(f"{where}: state{k} has dtype {s.dtype}, expected uint8 or float32")
+        for key in ("gnorm_vec", "unorm_vec"):
+            if isinstance(saved.get(key), torch.Tensor):
+                out[key] = saved[key].detach().to(p.device, torch.float32).clone()
+        return out
