@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a killed run; rows already in its results.csv are skipped",
     )
     run.add_argument(
+        "--threads",
+        type=_positive,
+        help="torch threads per run (default: torch's default, one per core); 1 is steadier on a busy machine",
+    )
+    run.add_argument(
         "--timeout",
         type=_positive,
         metavar="SECONDS",
@@ -150,11 +155,12 @@ def _new_run(args) -> tuple[suites.Suite, Path, dict]:
         "device": device,
         "filter": args.filter,
         "timeout_s": args.timeout,
+        "threads": args.threads,
     }
     from profiler import report
 
     report.write_atomic(run_dir / "run.json", json.dumps(settings, indent=2) + "\n")
-    env = report.environment(device, runner.device_name(device))
+    env = report.environment(device, runner.device_name(device), args.threads)
     report.write_atomic(run_dir / "env.json", json.dumps(env, indent=2) + "\n")
     (run_dir / "results.csv").write_text(",".join(runner.RESULT_COLUMNS) + "\n")
     return suite, run_dir, settings
@@ -204,7 +210,9 @@ def cmd_run(args) -> int:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-                row, losses = runner.run_isolated(spec, progress, settings.get("timeout_s"))
+                row, losses = runner.run_isolated(
+                    spec, progress, settings.get("timeout_s"), settings.get("threads")
+                )
             report.append_result(run_dir, row, losses)
             tqdm.write(f"{desc}: {row['status']}" + (f", {row['wall_s']:.1f}s" if row.get("wall_s") else ""))
     except KeyboardInterrupt:

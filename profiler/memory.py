@@ -103,10 +103,21 @@ class NvmlProcessMemory:
 
             pynvml.nvmlInit()
             self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+            self._handle = self._handle_for(pynvml, device_index)
         except Exception as e:  # no driver, no pynvml, restricted container
             self._nvml = None
             self.error = f"NVML unavailable: {e}"
+
+    @staticmethod
+    def _handle_for(pynvml, device_index: int):
+        """NVML's handle for torch's device: by UUID, since CUDA_VISIBLE_DEVICES renumbers devices."""
+        uuid = getattr(torch.cuda.get_device_properties(device_index), "uuid", None)
+        if uuid is not None:
+            try:
+                return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+            except Exception:
+                pass
+        return pynvml.nvmlDeviceGetHandleByIndex(device_index)
 
     def sample(self) -> None:
         if self._nvml is None:

@@ -113,7 +113,7 @@ def _write_parquet(run_dir: Path, results: pd.DataFrame) -> None:
     os.replace(tmp, run_dir / "results.parquet")
 
 
-def environment(device: str, device_name: str) -> dict:
+def environment(device: str, device_name: str, threads: int | None = None) -> dict:
     """Versions, device, threads and git commit: what is needed to reproduce or compare a run."""
     import torch
 
@@ -150,7 +150,7 @@ def environment(device: str, device_name: str) -> dict:
         "device": device,
         "device_name": device_name,
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads or torch.get_num_threads(),
         "cuda": torch.version.cuda,
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--", "bnb8", "ext", "profiler")),

@@ -225,15 +225,17 @@ def run_isolated(
     spec: suite.RunSpec,
     progress: Callable[[int, float], None] = lambda i, loss: None,
     timeout_s: float | None = None,
+    threads: int | None = None,
 ) -> tuple[dict, list[float]]:
     """Run :func:`train_and_measure` in a fresh worker process.
 
     A worker that dies becomes an ``error: worker ...`` row; one that runs longer than
-    ``timeout_s`` is killed and becomes ``error: timed out ...``.
+    ``timeout_s`` is killed and becomes ``error: timed out ...``. ``threads`` sets the worker's
+    ``torch.set_num_threads`` (default: this process's setting).
     """
     ctx = _process_context()
     receiver, sender = ctx.Pipe(duplex=False)
-    worker = ctx.Process(target=_worker, args=(spec, torch.get_num_threads(), sender), daemon=True)
+    worker = ctx.Process(target=_worker, args=(spec, threads or torch.get_num_threads(), sender), daemon=True)
     worker.start()
     sender.close()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -165,15 +165,29 @@ def import_class(dotted: str) -> type:
     return cls
 
 
+def constructor_parameters(cls: type) -> dict[str, object] | None:
+    """Keyword arguments the constructor accepts, with defaults (``inspect.Parameter.empty`` if none).
+
+    An ``__init__`` that takes ``**kwargs`` is assumed to forward them to ``super().__init__`` (as
+    bnb8's ``AdamW8bit`` does), so the parameters of the base classes are added until one takes no
+    ``**kwargs``; None when no class in the chain says what it accepts.
+    """
+    accepted: dict[str, object] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        for name, p in params.items():
+            if name not in ("self", "params") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                accepted.setdefault(name, p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return accepted
+    return None
+
+
 def constructor_defaults(cls: type) -> dict[str, object]:
-    params = inspect.signature(cls.__init__).parameters
-    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-
-
-def _accepts_any_kwarg(cls: type) -> bool:
-    return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
-    )
+    params = constructor_parameters(cls) or {}
+    return {k: v for k, v in params.items() if v is not inspect.Parameter.empty}
 
 
 def _type_name(value: object) -> str:
@@ -314,10 +328,8 @@ class _Checker:
             except SuiteError as e:
                 self.error(f"{where}class", str(e))
                 continue
-            if not _accepts_any_kwarg(cls):
-                accepted = [
-                    k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "params")
-                ]
+            accepted = constructor_parameters(cls)
+            if accepted is not None:
                 for section, keys in (("kwargs", kwargs), ("sweep", sweep)):
                     for key in keys:
                         if key not in accepted:

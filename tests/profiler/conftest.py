@@ -59,6 +59,9 @@ def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     suite_path = root / "tiny.toml"
     suite_path.write_text(TINY_SUITE)
-    assert main(["run", str(suite_path), "--device", "cpu", "--out", str(root / "reports")]) == 0
+    assert (
+        main(["run", str(suite_path), "--device", "cpu", "--threads", "1", "--out", str(root / "reports")])
+        == 0
+    )
     (run_dir,) = (root / "reports" / "tiny").iterdir()
     return run_dir

@@ -156,3 +156,20 @@ def test_compare_to_baseline_against_itself():
     assert other["final_loss_ratio"] == pytest.approx(1.1)
     assert other["loss_gap_mean"] == pytest.approx(0.5 / 3)
     assert other["loss_gap_max"] == pytest.approx(0.5)
+
+
+def test_adamw8bit_state_bytes_match_the_documented_layout():
+    """DESIGN.md: uint8 codes + float32 absmax per 256-block (+ 256-entry qmaps) for tensors of at least
+    ``min_8bit_size`` elements; float32 state below it."""
+    optim = pytest.importorskip("bnb8.optim")
+    if not hasattr(optim, "AdamW8bit"):
+        pytest.skip("bnb8.optim.AdamW8bit not written yet")
+    shapes = [(4097,), (1000, 1001), (64, 64), (300,)]  # the last is below min_8bit_size=4096
+    params = _params(shapes)
+    optimizer = optim.AdamW8bit(params, lr=1e-3, min_8bit_size=4096)
+    _step(optimizer, params)
+    big = [p.numel() for p in params if p.numel() >= 4096]
+    small = [p.numel() for p in params if p.numel() < 4096]
+    without_qmaps = sum(2 * n + 2 * 4 * -(-n // 256) for n in big) + sum(2 * 4 * n for n in small)
+    qmap_bytes = memory.optimizer_state_bytes(optimizer) - without_qmaps
+    assert qmap_bytes in (2 * 256 * 4, 2 * 256 * 4 * len(big))  # two maps, shared or one pair per tensor

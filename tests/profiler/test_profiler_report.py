@@ -96,3 +96,8 @@ def test_atomic_append_replaces_a_rerun_row(tmp_path):
     results, curves = report.read_results(tmp_path), report.read_curves(tmp_path)
     assert list(results["status"]) == ["ok"]
     assert list(curves["loss"]) == [3.0, 2.0, 1.0]
+
+
+def test_threads_setting_reaches_the_workers(tiny_run):
+    assert set(pd.read_csv(tiny_run / "results.csv")["threads"]) == {1}
+    assert json.loads((tiny_run / "env.json").read_text())["torch_threads"] == 1
