@@ -78,11 +78,13 @@ def check_float_tensor(t: object, name: str) -> None:
 
 
 def check_same_device(ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    check_same_device_as(ref.device, **others)
+
+
+def check_same_device_as(device: torch.device, **others: torch.Tensor | None) -> None:
     for name, t in others.items():
-        if t is not None and t.device != ref.device:
-            raise ValueError(
-                f"{name}: expected a tensor on {ref.device} (like the input), got one on {t.device}"
-            )
+        if t is not None and t.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device} (like the input), got one on {t.device}")
 
 
 def output_buffer(

@@ -76,11 +76,13 @@ def dynamic_map(signed: bool, device: torch.device | str = "cpu") -> torch.Tenso
     return _dynamic_map_cpu(signed).to(device, copy=True)
 
 
-def _check_code(code: torch.Tensor, name: str = "code") -> None:
+def _check_code(code: torch.Tensor, device: torch.device, name: str = "code") -> None:
+    """A code table is 256 sorted, finite float32 values on ``device`` (the input's)."""
     if not isinstance(code, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of 256 float32 values, got {type(code).__name__}")
     if code.dtype != torch.float32 or code.numel() != 256:
         raise ValueError(f"{name}: expected 256 float32 values, got {code.numel()} values of {code.dtype}")
+    _native.check_same_device_as(device, **{name: code})
     cpu = code.detach().reshape(-1).cpu()
     if not torch.isfinite(cpu).all():
         raise ValueError(f"{name}: the code table holds NaN or Inf")
@@ -155,7 +157,7 @@ class QuantState:
 
 
 def _check_blocksize(blocksize: int) -> None:
-    if blocksize not in BLOCKSIZES:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in BLOCKSIZES:
         raise ValueError(f"blocksize: expected one of {BLOCKSIZES}, got {blocksize!r}")
 
 
@@ -185,8 +187,7 @@ def quantize_blockwise(
     _check_blocksize(blocksize)
     if code is None:
         code = dynamic_map(True, A.device)
-    _check_code(code)
-    _native.check_same_device(A, code=code)
+    _check_code(code, A.device)
     A = A.contiguous()
     nblocks = (A.numel() + blocksize - 1) // blocksize
     absmax = _native.output_buffer(absmax, "absmax", (nblocks,), torch.float32, A.device)
@@ -245,7 +246,7 @@ def dequantize_blockwise(
     if qs.nested:
         scales = dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
     _check_blocksize(qs.blocksize)
-    _check_code(qs.code, "code")
+    _check_code(qs.code, A.device)
     nblocks = (A.numel() + qs.blocksize - 1) // qs.blocksize
     if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.numel() != nblocks:
         raise ValueError(
@@ -253,9 +254,12 @@ def dequantize_blockwise(
             f"{getattr(scales, 'numel', lambda: '?')()} of {getattr(scales, 'dtype', type(scales).__name__)}"
         )
     _native.check_same_device(A, absmax=scales, code=qs.code)
-    out = _native.output_buffer(out, "out", A.shape, qs.dtype, A.device)
-    _native.check_float_tensor(out, "out")
+    out = _native.output_buffer(out, "out", A.shape, qs.dtype, A.device, any_float=True)
     _ops.dequantize_blockwise_(
-        A.contiguous().view(-1), scales.contiguous(), qs.code, qs.blocksize, out.view(-1)
+        A.contiguous().view(-1),
+        scales.contiguous(),
+        qs.code.contiguous().view(-1),
+        qs.blocksize,
+        out.view(-1),
     )
     return out
