@@ -1,0 +1,378 @@
+"""The CUDA kernels against the CPU kernels on the same inputs (skipped without a GPU; `make gpu-check`).
+
+Both devices run the per-element math of ext/include/bnb8/, so quantization must agree bit for bit.
+Optimizer updates may differ where nvcc and the host compiler contract a*b+c into an FMA differently:
+parameters then differ in the last bits, and a re-quantized state element whose fp32 value lies
+within an ulp of a decision threshold may land on the neighbouring code (at most 1 apart, and rare).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import bnb8
+import bnb8.functional as F
+from bnb8 import _native
+
+pytestmark = pytest.mark.cuda
+
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+SIZES = {"1": (1,), "197": (197,), "4097": (4097,), "1000x1001": (1000, 1001)}
+BLOCK = 256
+
+
+@pytest.fixture(autouse=True)
+def _native_cuda():
+    assert _native.C.HAS_CUDA, "bnb8._C was built without CUDA: build with BNB8_CUDA=ON (make gpu-check does)"
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def heavy_tailed(shape, seed: int) -> torch.Tensor:
+    """float32 values spanning many decades, with exact zeros: hits every region of the code table."""
+    g = gen(seed)
+    x = torch.randn(shape, generator=g) * torch.exp(torch.randn(shape, generator=g) * 3)
+    x.view(-1)[:: max(1, x.numel() // 7)] = 0.0
+    return x.clamp(-6e4, 6e4)  # finite in float16 too
+
+
+def bisection_map() -> torch.Tensor:
+    """Codes outside [-1, 1]: the search tables fall back to bisection (no bucket table)."""
+    return torch.linspace(-1.5, 1.5, 256, dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# quantization
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("blocksize", F.BLOCKSIZES)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_quantize_matches_cpu_exactly(dtype, blocksize, size):
+    x = heavy_tailed(size, seed=blocksize + x_seed(size)).to(dtype)
+    codes_cpu, state_cpu = F.quantize_blockwise(x, blocksize=blocksize)
+    codes_gpu, state_gpu = F.quantize_blockwise(x.cuda(), blocksize=blocksize)
+    assert torch.equal(state_gpu.absmax.cpu(), state_cpu.absmax)
+    assert torch.equal(codes_gpu.cpu(), codes_cpu)
+
+
+def x_seed(size) -> int:
+    return int(math.prod(size)) % 1000
+
+
+@pytest.mark.parametrize("blocksize", [64, 256, 4096])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_quantize_bisection_path_matches_cpu(dtype, blocksize):
+    code = bisection_map()
+    assert F.code_search_tables(code)[1] is None
+    x = heavy_tailed((5000,), seed=3).to(dtype)
+    codes_cpu, state_cpu = F.quantize_blockwise(x, code=code, blocksize=blocksize)
+    codes_gpu, state_gpu = F.quantize_blockwise(x.cuda(), code=code.cuda(), blocksize=blocksize)
+    assert torch.equal(state_gpu.absmax.cpu(), state_cpu.absmax)
+    assert torch.equal(codes_gpu.cpu(), codes_cpu)
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("blocksize", F.BLOCKSIZES)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_dequantize_matches_cpu_exactly(dtype, blocksize, size):
+    n = math.prod(size)
+    codes = torch.randint(0, 256, size, dtype=torch.uint8, generator=gen(n))
+    absmax = torch.rand((n + blocksize - 1) // blocksize, generator=gen(n + 1)) * 10
+    code = F.create_dynamic_map(signed=True)
+    out_cpu = F.dequantize_blockwise(codes, absmax=absmax, code=code, blocksize=blocksize,
+                                     out=torch.empty(size, dtype=dtype))  # fmt: skip
+    out_gpu = F.dequantize_blockwise(codes.cuda(), absmax=absmax.cuda(), code=code.cuda(), blocksize=blocksize,
+                                     out=torch.empty(size, dtype=dtype, device="cuda"))  # fmt: skip
+    assert torch.equal(out_gpu.cpu(), out_cpu)
+
+
+def test_quantize_unaligned_input_and_output():
+    """A view that starts 1 element into its storage takes the scalar (unvectorised) path."""
+    base = heavy_tailed((4097 + 1,), seed=11)
+    x_cpu, x_gpu = base[1:], base.cuda()[1:]
+    thresholds, bucket_lo = F.code_search_tables(F.create_dynamic_map(signed=True))
+    results = []
+    for x, dev in ((x_cpu, "cpu"), (x_gpu, "cuda")):
+        codes = torch.empty(4097 + 1, dtype=torch.uint8, device=dev)[1:]
+        absmax = torch.empty((4097 + 255) // 256, device=dev)
+        torch.ops.bnb8.quantize_blockwise_(x, thresholds.to(dev), bucket_lo.to(dev), 256, codes, absmax)
+        results.append((codes.cpu(), absmax.cpu()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_quantize_nonfinite_block_gets_nan_absmax():
+    x = torch.randn(10 * 256, generator=gen(5))
+    x[256 + 3] = float("nan")
+    x[3 * 256 + 200] = float("inf")
+    thresholds, bucket_lo = F.code_search_tables(F.create_dynamic_map(signed=True))
+    codes = torch.empty(x.numel(), dtype=torch.uint8, device="cuda")
+    absmax = torch.empty(10, device="cuda")
+    torch.ops.bnb8.quantize_blockwise_(x.cuda(), thresholds.cuda(), bucket_lo.cuda(), 256, codes, absmax)
+    absmax = absmax.cpu()
+    assert torch.isnan(absmax[1]) and torch.isnan(absmax[3])
+    finite_blocks = [b for b in range(10) if b not in (1, 3)]
+    expected = x.view(10, 256).abs().amax(dim=1)
+    assert torch.equal(absmax[finite_blocks], expected[finite_blocks])
+
+
+def test_quantize_on_a_side_stream():
+    x = heavy_tailed((1 << 20,), seed=9).cuda()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        codes, state = F.quantize_blockwise(x, blocksize=256)
+        back = F.dequantize_blockwise(codes, state)
+    torch.cuda.current_stream().wait_stream(stream)
+    codes_cpu, state_cpu = F.quantize_blockwise(x.cpu(), blocksize=256)
+    assert torch.equal(codes.cpu(), codes_cpu)
+    assert torch.equal(back.cpu(), F.dequantize_blockwise(codes_cpu, state_cpu))
+
+
+@pytest.mark.slow
+def test_quantize_more_than_2_31_elements():
+    """64-bit indexing: blocks past element 2**31 are quantized where they belong."""
+    blocksize = 256
+    n = 2**31 + 3 * blocksize + 5
+    free, _ = torch.cuda.mem_get_info()
+    if free < 16 * 2**30:
+        pytest.skip(f"needs 16 GiB of free GPU memory, has {free / 2**30:.1f}")
+    x = torch.randn(n, dtype=torch.float16, device="cuda")
+    codes, state = F.quantize_blockwise(x, blocksize=blocksize)
+    out = F.dequantize_blockwise(codes, state)
+    boundary = 2**31 // blocksize
+    last = (n + blocksize - 1) // blocksize
+    for first_block, end in ((boundary - 4, (boundary + 4) * blocksize), (last - 4, n)):
+        start = first_block * blocksize
+        ref_codes, ref_state = F.quantize_blockwise(x[start:end].cpu(), blocksize=blocksize)
+        assert torch.equal(codes[start:end].cpu(), ref_codes)
+        assert torch.equal(
+            state.absmax[first_block : first_block + ref_state.absmax.numel()].cpu(), ref_state.absmax
+        )
+        assert torch.equal(out[start:end].cpu(), F.dequantize_blockwise(ref_codes, ref_state))
+
+
+# ----------------------------------------------------------------------------------------------------
+# optimizer updates
+
+
+def hyper() -> list[float]:
+    """Plausible values for every hyper-parameter field (each rule reads the ones it uses)."""
+    values = {
+        "step_size": 1e-3 / (1 - 0.9**3),
+        "decay": 1 - 1e-3 * 0.01,
+        "weight_decay": 0.01,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "beta3": 0.9999,
+        "eps": 1e-8,
+        "bias_correction2_sqrt": math.sqrt(1 - 0.999**3),
+        "alpha": 0.99,
+        "momentum": 0.9,
+        "dampening": 0.1,
+        "lr": 1e-3,
+        "step": 3,
+        "nesterov": 1,
+    }
+    return _native.hyper_list(**{k: v for k, v in values.items() if k in _native.HYPER_FIELDS})
+
+
+class Problem:
+    """One multi-tensor update: parameters, gradients (with a few NaN/Inf), states, and the tables."""
+
+    def __init__(self, rule: str, dtype: torch.dtype, quantized: bool, shapes, seed: int = 0):
+        self.rule, self.quantized = rule, quantized
+        n_states = _native.RULES[rule][1]
+        g = gen(seed)
+        self.params = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+        self.grads = [(torch.randn(s, generator=g) * 1e-2).to(dtype) for s in shapes]
+        big = max(range(len(shapes)), key=lambda i: self.grads[i].numel())
+        if self.grads[big].numel() > 600:  # non-finite gradients in two different blocks
+            flat = self.grads[big].view(-1)
+            flat[5], flat[300], flat[-2] = float("nan"), float("inf"), float("-inf")
+        # Every state non-negative (so rules that take square roots of a state stay finite); state 1
+        # uses the signed map, later states the unsigned one, as Adam does.
+        self.qmaps = [F.create_dynamic_map(signed=(k == 0)) for k in range(n_states)] if quantized else []
+        self.states, self.absmaxes = [], []
+        for k in range(n_states):
+            values = [(torch.rand(s, generator=g) * (0.1 if k == 0 else 1e-4)) for s in shapes]
+            if quantized:
+                pairs = [F.quantize_blockwise(v, code=self.qmaps[k], blocksize=BLOCK) for v in values]
+                self.states.append([c for c, _ in pairs])
+                self.absmaxes.append([st.absmax for _, st in pairs])
+            else:
+                self.states.append(values)
+                self.absmaxes.append([])
+        tables = [F.code_search_tables(q) for q in self.qmaps]
+        self.thresholds = [t for t, _ in tables]
+        self.bucket_lo = [b for _, b in tables]
+        self.scales = torch.rand(len(shapes), 2, generator=g) + 0.5
+        self.nonfinite = torch.zeros(1, dtype=torch.int64)
+
+    def to(self, device: str) -> Problem:
+        out = object.__new__(Problem)
+        out.rule, out.quantized = self.rule, self.quantized
+
+        def move(x):
+            if isinstance(x, list):
+                return [move(t) for t in x]
+            return None if x is None else x.to(device, copy=True)
+
+        for name in ("params", "grads", "states", "absmaxes", "qmaps", "thresholds", "bucket_lo", "scales",
+                     "nonfinite"):  # fmt: skip
+            setattr(out, name, move(getattr(self, name)))
+        return out
+
+    def _lists(self):
+        states = self.states + [[] for _ in range(3 - len(self.states))]
+        absmaxes = self.absmaxes + [[] for _ in range(3 - len(self.absmaxes))]
+        return states, absmaxes
+
+    def update(self, with_scales: bool = True) -> None:
+        states, absmaxes = self._lists()
+        bucket_lo = [b if b is not None else torch.empty(0, dtype=torch.int32, device=t.device)
+                     for b, t in zip(self.bucket_lo, self.thresholds)]  # fmt: skip
+        torch.ops.bnb8.optimizer_update_(
+            self.rule, self.params, self.grads, *states, *absmaxes, self.qmaps, self.thresholds, bucket_lo,
+            hyper(), self.scales if with_scales else None, self.nonfinite,
+        )  # fmt: skip
+
+    def norms(self) -> torch.Tensor:
+        states, absmaxes = self._lists()
+        return torch.ops.bnb8.optimizer_norms(
+            self.rule, self.params, self.grads, *states, *absmaxes, self.qmaps, hyper(), self.scales
+        )
+
+
+def float_tolerance(dtype: torch.dtype) -> dict:
+    if dtype == torch.float32:
+        return {"rtol": 1e-5, "atol": 1e-6}
+    return {"rtol": 2 * torch.finfo(dtype).eps, "atol": 1e-5}
+
+
+def assert_codes_close(gpu: torch.Tensor, cpu: torch.Tensor, what: str) -> None:
+    diff = (gpu.cpu().int() - cpu.int()).abs()
+    if diff.numel() == 0:
+        return
+    assert int(diff.max()) <= 1, f"{what}: codes differ by {int(diff.max())}"
+    mismatches = int((diff > 0).sum())
+    assert mismatches <= max(4, cpu.numel() // 1000), f"{what}: {mismatches} of {cpu.numel()} codes differ"
+
+
+def assert_same_update(gpu: Problem, cpu: Problem) -> None:
+    for i, (pg, pc) in enumerate(zip(gpu.params, cpu.params)):
+        torch.testing.assert_close(
+            pg.cpu(), pc, **float_tolerance(pc.dtype), msg=lambda m, i=i: f"params[{i}]: {m}"
+        )
+    for k, (sg, sc) in enumerate(zip(gpu.states, cpu.states)):
+        for i, (a, b) in enumerate(zip(sg, sc)):
+            if cpu.quantized:
+                assert_codes_close(a, b, f"state{k + 1}[{i}]")
+                torch.testing.assert_close(gpu.absmaxes[k][i].cpu(), cpu.absmaxes[k][i], rtol=1e-5, atol=0.0)
+            else:
+                atol = 1e-6 * float(b.abs().max()) if b.numel() else 0.0
+                torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=atol)
+    assert int(gpu.nonfinite) == int(cpu.nonfinite)
+
+
+UPDATE_SHAPES = [(1,), (4097,), (1000, 1001), (256,), (3, 300)]
+
+
+@pytest.mark.parametrize("quantized", [True, False], ids=["8bit", "32bit"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("rule", sorted(_native.RULES))
+def test_update_matches_cpu(rule, dtype, quantized):
+    cpu = Problem(rule, dtype, quantized, UPDATE_SHAPES, seed=len(rule))
+    gpu = cpu.to("cuda")
+    original = [p.clone() for p in cpu.params]
+    cpu.update()
+    gpu.update()
+    assert_same_update(gpu, cpu)
+    assert int(cpu.nonfinite) == 3
+    # Elements with a non-finite gradient keep their parameter exactly.
+    flat_grad = gpu.grads[2].view(-1).cpu()
+    bad = ~torch.isfinite(flat_grad)
+    assert torch.equal(gpu.params[2].view(-1).cpu()[bad], original[2].view(-1)[bad])
+
+
+@pytest.mark.parametrize("quantized", [True, False], ids=["8bit", "32bit"])
+@pytest.mark.parametrize("rule", sorted(_native.RULES))
+def test_update_many_small_tensors_in_one_call(rule, quantized):
+    """More tensors than one launch's slot table holds (and empty ones): every one is updated once."""
+    shapes = [(1 + 37 * i % 700,) for i in range(100)] + [(0,), (5000,)]
+    cpu = Problem(rule, torch.float32, quantized, shapes, seed=1)
+    gpu = cpu.to("cuda")
+    cpu.update(with_scales=False)
+    gpu.update(with_scales=False)
+    assert_same_update(gpu, cpu)
+
+
+@pytest.mark.parametrize("quantized", [True, False], ids=["8bit", "32bit"])
+@pytest.mark.parametrize("rule", sorted(_native.RULES))
+def test_update_bisection_tables_match_bucketed(rule, quantized):
+    """Without bucket tables (bisection search) the GPU computes exactly what it does with them."""
+    a = Problem(rule, torch.float32, quantized, [(4097,), (3000,)], seed=2).to("cuda")
+    b = a.to("cuda")
+    b.bucket_lo = [None for _ in b.bucket_lo]
+    a.update()
+    b.update()
+    for x, y in zip(a.params + sum(a.states, []), b.params + sum(b.states, [])):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("rule", sorted(_native.RULES))
+def test_update_on_a_side_stream(rule):
+    cpu = Problem(rule, torch.float32, True, [(4097,), (1000, 1001)], seed=4)
+    gpu = cpu.to("cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        gpu.update()
+    torch.cuda.current_stream().wait_stream(stream)
+    cpu.update()
+    assert_same_update(gpu, cpu)
+
+
+@pytest.mark.parametrize("quantized", [True, False], ids=["8bit", "32bit"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("rule", sorted(_native.RULES))
+def test_norms_match_cpu(rule, dtype, quantized):
+    cpu = Problem(rule, dtype, quantized, UPDATE_SHAPES + [(0,)], seed=6)
+    gpu = cpu.to("cuda")
+    norms_gpu = gpu.norms()
+    assert norms_gpu.device.type == "cuda"
+    torch.testing.assert_close(norms_gpu.cpu(), cpu.norms(), rtol=1e-4, atol=1e-6)
+
+
+def test_update_rejects_tensors_on_another_device():
+    p = Problem("adam", torch.float32, True, [(4097,)]).to("cuda")
+    p.grads = [p.grads[0].cpu()]
+    with pytest.raises((ValueError, RuntimeError), match="grads"):
+        p.update()
+
+
+def test_optimizer_class_matches_cpu():
+    """The public optimizer steps identically (within FMA noise) on both devices."""
+    optim = pytest.importorskip("bnb8.optim")
+    torch.manual_seed(0)
+    model_cpu = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 7))
+    model_gpu = torch.nn.Sequential(
+        torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 7)
+    ).cuda()
+    model_gpu.load_state_dict(model_cpu.state_dict())
+    opts = [optim.Adam8bit(m.parameters(), lr=1e-3) for m in (model_cpu, model_gpu)]
+    x = torch.randn(32, 256)
+    for _ in range(3):
+        for model, opt, dev in ((model_cpu, opts[0], "cpu"), (model_gpu, opts[1], "cuda")):
+            opt.zero_grad()
+            model(x.to(dev)).square().mean().backward()
+            opt.step()
+    for a, b in zip(model_gpu.parameters(), model_cpu.parameters()):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-4, atol=1e-4)
+    assert bnb8.__version__
