@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv install ext test test-slow test-all lint format bench bench-baseline wheel run gpu-check clean
+.PHONY: venv install ext test test-slow test-all lint format bench bench-baseline wheel run gpu-check gpu-bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,22 @@ run: install
 # A wheel built in an isolated environment: proves the build needs no torch.
 wheel: venv
 	$(PY) -m pip wheel -q --no-deps -w dist .
+
+# Needs a CUDA GPU and a CUDA build of torch in $(VENV). Builds the kernels for this GPU only
+# (warnings are errors), runs tests/cuda (every CUDA op against the CPU kernel, paged memory,
+# torch.compile), then the step benchmark into reports/gpu/. About 5 minutes on one H200.
+GPU_ARCH ?= native
+gpu-check:
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch ' + torch.__version__ + ' in $(VENV) sees no CUDA GPU')"
+	CUDACXX=$${CUDACXX:-$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)} BNB8_CUDA=ON $(PY) -m pip install -q \
+		--no-build-isolation --no-deps -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=$(GPU_ARCH) \
+		-Ccmake.define.BNB8_CUDA_WERROR=ON -e .
+	$(PY) -m pytest tests/cuda -m cuda -q $(PYTEST_ARGS)
+	$(PY) tests/cuda/gpu_bench.py --out reports/gpu
+
+# The step benchmark alone (after gpu-check has built the kernels).
+gpu-bench:
+	$(PY) tests/cuda/gpu_bench.py --out reports/gpu
 
 clean:
 	rm -rf build dist .pytest_cache .benchmarks
