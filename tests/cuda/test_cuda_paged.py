@@ -12,12 +12,11 @@ pytestmark = pytest.mark.cuda
 
 
 def test_empty_is_managed_and_counted():
-    before = paged.managed_bytes()
     t = paged.empty((1000, 1001), dtype=torch.float32, device="cuda")
     assert t.is_cuda and t.shape == (1000, 1001) and t.dtype == torch.float32
     assert paged.is_paged(t)
     assert not paged.is_paged(torch.empty(10, device="cuda"))
-    assert paged.managed_bytes() >= before + t.numel() * 4 or paged.managed_bytes() >= t.numel() * 4
+    assert paged.managed_bytes() >= t.numel() * 4  # the pool may hold more (rounded segments)
     t.copy_(torch.arange(t.numel(), dtype=torch.float32, device="cuda").view_as(t))
     assert float(t[999, 1000]) == t.numel() - 1
 
