@@ -17,7 +17,8 @@ _COMMON_ARGS_DOC = """
             norms of the parameter; 100 disables (default: 100).
         block_wise (bool, optional): must be True; bnb8 always quantizes in blocks of 256 (default: True).
         max_unorm (float, optional): scale the update so that ||u|| <= max_unorm * ||p||, where u is
-            the update direction before the learning rate; 0 disables (default: 0.0).
+            the update direction before the step size (the learning rate, with Adam's bias correction
+            of the first moment); 0 disables (default: 0.0).
         skip_zeros (bool, optional): leave elements whose gradient is exactly 0 untouched (default: False).
         is_paged (bool, optional): keep large states in CUDA unified memory that can spill to host RAM;
             a no-op on the CPU (default: False).

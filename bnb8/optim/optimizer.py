@@ -27,6 +27,7 @@ import torch
 
 from bnb8 import _native, _ops
 from bnb8.functional import code_search_tables, dynamic_map
+from bnb8.optim import _distributed
 from bnb8.optim.manager import GlobalOptimManager
 
 BLOCK = 256  # optimizer-state quantization block
@@ -159,14 +160,23 @@ class Optimizer8bit(torch.optim.Optimizer):
         """The native rule name and its hyper-parameters (bnb8._native.HYPER_FIELDS) for one step."""
         raise NotImplementedError
 
-    def _update_scale(self, cfg: dict[str, Any], unorm: torch.Tensor, pnorm: torch.Tensor) -> torch.Tensor:
+    def _update_scale(
+        self, cfg: dict[str, Any], unorm: torch.Tensor, pnorm: torch.Tensor, hyper: dict[str, float]
+    ) -> torch.Tensor:
         """Per-tensor update scale from the norms of u and p; max_unorm by default (trust-ratio
-        families override this). Only called when :meth:`_needs_norms` is true."""
+        families override this). ``hyper`` holds the bucket's rule hyper-parameters (HYPER_FIELDS).
+        Only called when :meth:`_needs_norms` is true."""
         limit = cfg["max_unorm"] * pnorm
         return torch.where(unorm > limit, limit / unorm, torch.ones_like(unorm))
 
     def _needs_norms(self, cfg: dict[str, Any]) -> bool:
         return cfg["max_unorm"] > 0.0
+
+    def _convert_saved_state(self, saved: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
+        """A loaded parameter state (flat: quantization tensors un-nested) in this family's layout;
+        families whose bitsandbytes layout differs convert it here (AdEMAMix's stacked momenta).
+        Called before validation; must not modify ``saved``."""
+        return saved
 
     # -- param groups -------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -201,6 +211,7 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     @staticmethod
     def _is_8bit(cfg: dict[str, Any], p: torch.Tensor) -> bool:
+        # For a sharded (DTensor) parameter numel() is the full parameter's: never decided per shard.
         return cfg["optim_bits"] == 8 and p.numel() >= cfg["min_8bit_size"]
 
     def _codebook(self, device: torch.device, signed: bool) -> torch.Tensor:
@@ -227,18 +238,21 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def _init_state(self, p: torch.Tensor, cfg: dict[str, Any]) -> None:
         state = self.state[p]
-        state["step"] = 0
-        quantized = self._is_8bit(cfg, p)
+        state.setdefault("step", 0)  # only missing states are created (e.g. SGD's buffer once momentum > 0)
+        quantized = self._is_8bit(cfg, p) if "state1" not in state else state["state1"].dtype == torch.uint8
+        # States of a DTensor parameter are DTensors over its local shard (layout: _distributed).
         for k, (key, signed) in enumerate(self._state_kinds(cfg), start=1):
+            if key in state:
+                continue
             if quantized and signed is not None:
-                state[key] = self._alloc(p.shape, torch.uint8, p.device)
-                state[f"absmax{k}"] = torch.zeros((p.numel() + BLOCK - 1) // BLOCK, device=p.device)
+                state[key] = _distributed.state_like(p, torch.uint8, self._alloc)
+                state[f"absmax{k}"] = _distributed.absmax_like(p)
                 state[f"qmap{k}"] = self._codebook(p.device, signed)
             else:
-                state[key] = self._alloc(p.shape, torch.float32, p.device)
-        if cfg["percentile_clipping"] < 100:
+                state[key] = _distributed.state_like(p, torch.float32, self._alloc)
+        if cfg["percentile_clipping"] < 100 and "gnorm_vec" not in state:
             state["gnorm_vec"] = torch.zeros(GNORM_HISTORY, device=p.device)
-        if self._needs_norms(cfg):
+        if self._needs_norms(cfg) and "unorm_vec" not in state:
             state["unorm_vec"] = torch.zeros(1, device=p.device)
 
     def _check_param(self, p: torch.Tensor) -> None:
@@ -253,10 +267,11 @@ class Optimizer8bit(torch.optim.Optimizer):
                 f"grad: expected {p.dtype} {tuple(p.shape)} on {p.device} like its parameter, got "
                 f"{g.dtype} {tuple(g.shape)} on {g.device}"
             )
+        _distributed.check_grad(p, g)
         state = self.state.get(p)
-        if state:
-            s1 = state.get("state1")
-            if s1 is None or s1.numel() != p.numel():
+        if state and "state1" in state:  # a family may keep no state (SGD without momentum)
+            s1 = state["state1"]
+            if s1.numel() != p.numel():
                 raise RuntimeError(
                     f"a parameter of shape {tuple(p.shape)} changed size after its optimizer state was created "
                     f"(state has {None if s1 is None else s1.numel()} elements); rebuild the optimizer"
@@ -296,10 +311,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         buckets: dict[tuple, list] = defaultdict(list)
         for p, cfg in work:
             state = self.state[p]
-            if not state:
+            if not state or any(key not in state for key, _ in self._state_kinds(cfg)):
                 self._init_state(p, cfg)
             state["step"] += 1
-            quantized = state["state1"].dtype == torch.uint8
+            quantized = "state1" in state and state["state1"].dtype == torch.uint8
             rule, hyper = self._rule(cfg, state["step"], quantized)
             hyper["skip_zeros"] = int(bool(cfg["skip_zeros"]))
             qmaps = tuple(id(state[k]) for k in ("qmap1", "qmap2", "qmap3") if k in state)
@@ -314,6 +329,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 cfg["max_unorm"],
                 cfg["maximize"],
                 self._needs_norms(cfg),
+                _distributed.mesh_key(p),  # sharded params: one mesh and placements per bucket
             )
             buckets[key].append((p, cfg))
         for key, members in buckets.items():
@@ -329,6 +345,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         scale = torch.ones(len(grads), device=device)
         if percentile < 100:
             sq_norms = torch.stack(torch._foreach_norm(grads)).float() ** 2
+            sq_norms = _distributed.all_reduce_sums(sq_norms, members[0][0])  # shards -> whole tensors
             for i, (p, _) in enumerate(members):
                 state = self.state[p]
                 step = state["step"]
@@ -343,17 +360,23 @@ class Optimizer8bit(torch.optim.Optimizer):
         return torch.stack([scale, torch.ones_like(scale)], dim=1)
 
     def _update_bucket(self, key: tuple, members: list) -> None:
-        device, _, quantized, rule, hyper, _, _, _, _, needs_norms = key
-        params = [p for p, _ in members]
+        device, _, quantized, rule, hyper, _, _, _, _, needs_norms, _ = key
+        sharded = members[0][0]  # DTensor params: the kernels see local shards, norms are all-reduced
+        params = [_distributed.local(p) for p, _ in members]
         cfg = members[0][1]
         # The kernels read and write raw memory: work on contiguous views (copied back below).
         work_params = [p if p.is_contiguous() else p.contiguous() for p in params]
-        grads = [p.grad.contiguous() for p in params]
-        states0 = self.state[params[0]]
+        grads = [_distributed.local(p.grad).contiguous() for p, _ in members]
+        states0 = self.state[members[0][0]]
         n_states = sum(1 for k in ("state1", "state2", "state3") if k in states0)
-        states = [[self.state[p][f"state{k}"] for p in params] for k in range(1, n_states + 1)]
+        states = [
+            [_distributed.local(self.state[p][f"state{k}"]) for p, _ in members]
+            for k in range(1, n_states + 1)
+        ]
         absmaxes = [
-            [self.state[p][f"absmax{k}"] for p in params] if f"absmax{k}" in states0 else []
+            [_distributed.local_absmax(self.state[p][f"absmax{k}"], p) for p, _ in members]
+            if f"absmax{k}" in states0
+            else []
             for k in range(1, n_states + 1)
         ]
         qmaps, thresholds, buckets = [], [], []
@@ -372,21 +395,23 @@ class Optimizer8bit(torch.optim.Optimizer):
         pad = [[]] * (3 - n_states)
         state_args = [*states, *pad]
         absmax_args = [*absmaxes, *pad]
+        ops = _ops if n_states else _StatelessOps  # a rule without state has no native kernel
         if needs_norms:
-            norms = _ops.optimizer_norms(
+            norms = ops.optimizer_norms(
                 rule, work_params, grads, *state_args, *absmax_args, qmaps, list(hyper), scales
             )
-            norms = norms.double().sqrt()
-            uscale = self._update_scale(cfg, norms[:, 0], norms[:, 1]).float()
+            norms = _distributed.all_reduce_sums(norms, sharded).double().sqrt()
+            hyper_dict = dict(zip(_native.HYPER_FIELDS, hyper))
+            uscale = self._update_scale(cfg, norms[:, 0], norms[:, 1], hyper_dict).float()
             if scales is None:
                 scales = torch.ones(len(params), 2, device=device)
             scales[:, 1] = uscale
-            for i, p in enumerate(params):
+            for i, (p, _) in enumerate(members):
                 self.state[p]["unorm_vec"].copy_(norms[i, 0:1])
         nonfinite = self._nonfinite.get(device)
         if nonfinite is None:
             nonfinite = self._nonfinite[device] = torch.zeros(1, dtype=torch.int64, device=device)
-        _ops.optimizer_update_(
+        ops.optimizer_update_(
             rule, work_params, grads, *state_args, *absmax_args, qmaps, thresholds, buckets, list(hyper), scales,
             nonfinite,
         )  # fmt: skip
@@ -442,10 +467,11 @@ class Optimizer8bit(torch.optim.Optimizer):
             p = id_map[index]
             flat = {k: v for k, v in saved.items() if k != QUANT_STATE_KEY}
             flat.update(saved.get(QUANT_STATE_KEY, {}))
-            new_state[p] = self._checked_state(index, p, flat, shared)
+            new_state[p] = self._checked_state(index, p, self._convert_saved_state(flat, p), shared)
         new_groups = []
         for g, sg in zip(self.param_groups, saved_groups):
-            merged = {**g, **{k: v for k, v in sg.items() if k != "params"}}
+            # Only keys this optimizer knows: bitsandbytes' groups carry other families' keys too.
+            merged = {**g, **{k: v for k, v in sg.items() if k in g and k != "params"}}
             merged["params"] = g["params"]
             for key, default in COMMON_DEFAULTS.items():
                 merged.setdefault(key, default)
@@ -461,12 +487,12 @@ class Optimizer8bit(torch.optim.Optimizer):
         self, index: Any, p: torch.Tensor, saved: dict[str, Any], shared: dict[int, torch.Tensor]
     ) -> dict[str, Any]:
         where = f"state_dict: parameter {index!r} (shape {tuple(p.shape)})"
-        if "step" not in saved or "state1" not in saved:
-            raise ValueError(f"{where}: missing 'step' or 'state1'")
+        if "step" not in saved:
+            raise ValueError(f"{where}: missing 'step'")
         out: dict[str, Any] = {}
         step = saved["step"]
         out["step"] = int(step.item() if isinstance(step, torch.Tensor) else step)
-        nblocks = (p.numel() + BLOCK - 1) // BLOCK
+        nblocks = _distributed.absmax_numel(p)  # sharded (DTensor) params: layout in _distributed
         for k in (1, 2, 3):
             s = saved.get(f"state{k}")
             if s is None:
@@ -484,14 +510,35 @@ class Optimizer8bit(torch.optim.Optimizer):
                     raise ValueError(f"{where}: 8-bit state{k} needs qmap{k} with 256 values")
                 if id(qmap) not in shared:
                     shared[id(qmap)] = qmap.detach().to(p.device, torch.float32).clone()
-                out[f"state{k}"] = s.detach().to(p.device).clone().view(p.shape)
-                out[f"absmax{k}"] = absmax.detach().to(p.device, torch.float32).clone().view(-1)
+                out[f"state{k}"] = _distributed.load_state(s, p, torch.uint8, where)
+                out[f"absmax{k}"] = _distributed.load_absmax(absmax, p, where)
                 out[f"qmap{k}"] = shared[id(qmap)]
             elif s.is_floating_point():
-                out[f"state{k}"] = s.detach().to(p.device, torch.float32).clone().view(p.shape)
+                out[f"state{k}"] = _distributed.load_state(s, p, torch.float32, where)
             else:
                 raise ValueError(f"{where}: state{k} has dtype {s.dtype}, expected uint8 or float32")
         for key in ("gnorm_vec", "unorm_vec"):
             if isinstance(saved.get(key), torch.Tensor):
                 out[key] = saved[key].detach().to(p.device, torch.float32).clone()
         return out
+
+
+class _StatelessOps:
+    """The update ops for a rule without state (SGD without momentum), in pure torch: native kernels
+    need at least one state. Same signatures as bnb8._ops."""
+
+    @staticmethod
+    def optimizer_update_(rule, params, grads, s1, s2, s3, a1, a2, a3, qmaps, thresholds, buckets, hyper, scales,
+                          nonfinite):  # fmt: skip
+        from bnb8.backends import reference
+
+        reference.optimizer_update_(rule, params, grads, [s1, s2, s3], [a1, a2, a3], qmaps, thresholds, buckets,
+                                    hyper, scales, nonfinite)  # fmt: skip
+
+    @staticmethod
+    def optimizer_norms(rule, params, grads, s1, s2, s3, a1, a2, a3, qmaps, hyper, scales):
+        from bnb8.backends import reference
+
+        return reference.optimizer_norms(
+            rule, params, grads, [s1, s2, s3], [a1, a2, a3], qmaps, hyper, scales
+        )
