@@ -15,9 +15,11 @@ EPILOG = """examples:
   python -m profiler run                      # the smoke suite (< 3 min on 2 CPU cores)
   python -m profiler run min8bit --device cpu --steps 40
   python -m profiler run nlp --filter 'gpt/.*8bit'
+  python -m profiler run smoke --nproc 2 --strategy fsdp2   # each row on 2 ranks (torch.distributed.run)
   python -m profiler run --resume reports/nlp/20250101-120000-cpu
   python -m profiler report reports/smoke/20250101-120000-cpu
   python -m profiler compare reports/smoke/RUN_CPU reports/smoke/RUN_GPU
+  python -m profiler bench-report .benchmarks/bench-*.json --baseline tests/benchmarks/baseline.json
 """
 
 
@@ -85,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="only runs whose key MODEL/OPTIMIZER/seedN matches this regular expression",
     )
+    run.add_argument(
+        "--nproc",
+        type=_positive,
+        help="train each row on N processes with torch.distributed (gloo on cpu, NCCL on cuda); "
+        "memory is reported per rank, step time of the slowest rank (default: one process, no group)",
+    )
+    run.add_argument(
+        "--strategy",
+        choices=["ddp", "fsdp2"],
+        help="with --nproc: ddp (replicated model and state) or fsdp2 (fully_shard: sharded) (default: ddp)",
+    )
 
     commands.add_parser(
         "list",
@@ -108,15 +121,36 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_a", type=Path, metavar="RUN_A")
     cmp.add_argument("run_b", type=Path, metavar="RUN_B")
     cmp.add_argument("--out", type=Path, metavar="FILE", help="also write the table as markdown to FILE")
+
+    bench = commands.add_parser(
+        "bench-report",
+        help="benchmark ratios across commits from pytest-benchmark JSON",
+        description="Tables and plots of the kernel/reference ratio of every gated benchmark across runs "
+        "(pytest --benchmark-json files, e.g. from `make bench`), labelled by commit.",
+    )
+    bench.add_argument("results", type=Path, nargs="+", metavar="RESULT.json")
+    bench.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default: reports/bench/<timestamp>)"
+    )
+    bench.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="FILE",
+        help="draw this baseline.json and its gate margin on the trend",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}[args.command](
-            args
-        )
+        return {
+            "run": cmd_run,
+            "list": cmd_list,
+            "report": cmd_report,
+            "compare": cmd_compare,
+            "bench-report": cmd_bench_report,
+        }[args.command](args)
     except (CliError, suites.SuiteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -156,6 +190,8 @@ def _new_run(args) -> tuple[suites.Suite, Path, dict]:
         "filter": args.filter,
         "timeout_s": args.timeout,
         "threads": args.threads,
+        "nproc": args.nproc,
+        "strategy": (args.strategy or "ddp") if args.nproc else None,
     }
     from profiler import report
 
@@ -169,7 +205,7 @@ def _new_run(args) -> tuple[suites.Suite, Path, dict]:
 def _resumed_run(args) -> tuple[suites.Suite, Path, dict]:
     given = [
         f"--{k}"
-        for k in ("device", "steps", "seeds", "out", "filter", "timeout")
+        for k in ("device", "steps", "seeds", "out", "filter", "timeout", "nproc", "strategy")
         if getattr(args, k) is not None
     ]
     if args.suite:
@@ -192,6 +228,8 @@ def cmd_run(args) -> int:
 
     from profiler import report, runner
 
+    if args.strategy and not args.nproc:
+        raise CliError("--strategy needs --nproc N (the number of processes)")
     suite, run_dir, settings = _resumed_run(args) if args.resume else _new_run(args)
     runs = suite.runs(settings["device"], settings["filter"])
     if not runs:
@@ -210,9 +248,17 @@ def cmd_run(args) -> int:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-                row, losses = runner.run_isolated(
-                    spec, progress, settings.get("timeout_s"), settings.get("threads")
-                )
+                if settings.get("nproc"):  # torch.distributed: a process group per row
+                    from profiler import distributed
+
+                    row, losses = distributed.run_distributed(
+                        spec, settings["nproc"], settings["strategy"], progress, settings.get("timeout_s"),
+                        settings.get("threads"),
+                    )  # fmt: skip
+                else:
+                    row, losses = runner.run_isolated(
+                        spec, progress, settings.get("timeout_s"), settings.get("threads")
+                    )
             report.append_result(run_dir, row, losses)
             tqdm.write(f"{desc}: {row['status']}" + (f", {row['wall_s']:.1f}s" if row.get("wall_s") else ""))
     except KeyboardInterrupt:
@@ -270,4 +316,18 @@ def cmd_compare(args) -> int:
     print(text)
     if args.out:
         report.write_atomic(args.out, text)
+    return 0
+
+
+def cmd_bench_report(args) -> int:
+    from profiler import bench_report, report
+
+    out = (
+        args.out
+        if args.out is not None
+        else Path("reports") / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    )
+    summary, made, trend = bench_report.write(args.results, out, args.baseline)
+    print(report.plain(trend))
+    print(f"\nreport: {summary}" + "".join(f"\nplot:   {p}" for p in made))
     return 0

@@ -151,6 +151,7 @@ def environment(device: str, device_name: str, threads: int | None = None) -> di
         "device_name": device_name,
         "cpu_count": os.cpu_count(),
         "torch_threads": threads or torch.get_num_threads(),
+        "load_avg_1m_at_start": os.getloadavg()[0],
         "cuda": torch.version.cuda,
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--", "bnb8", "ext", "profiler")),
@@ -377,6 +378,7 @@ def write_summary(run_dir: Path, plots: list[Path]) -> Path:
         f"- device: {env.get('device', '?')} ({env.get('device_name', '?')}), torch threads {env.get('torch_threads', '?')}",
         f"- torch {env.get('torch', '?')}, bnb8 {env.get('bnb8')}, Python {env.get('python', '?')}, commit `{(env.get('git_commit') or '?')[:10]}`",
         f"- steps {settings.get('steps', '?')} (timing excludes the first {settings.get('warmup', '?')}), seeds {settings.get('seeds', '?')}",
+        f"- machine load (1-min load average) while rows finished: {_load_range(run_dir)}",
         f"- command: `{env.get('command', '?')}`",
         "",
     ]
@@ -422,6 +424,13 @@ def write_summary(run_dir: Path, plots: list[Path]) -> Path:
     path = run_dir / "summary.md"
     write_atomic(path, "\n".join(lines))
     return path
+
+
+def _load_range(run_dir: Path) -> str:
+    load = pd.to_numeric(read_results(run_dir).get("load_avg_1m"), errors="coerce").dropna()
+    if load.empty:
+        return "not recorded"
+    return f"{load.min():.1f} to {load.max():.1f} on {os.cpu_count()} CPUs"
 
 
 def terminal_summary(run_dir: Path) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import multiprocessing
+import os
 import platform
 import statistics
 import time
@@ -37,7 +38,7 @@ RESULT_COLUMNS = [
     "peak_memory_bytes", "peak_memory_source", "rss_start_bytes", "rss_peak_bytes",
     "cuda_max_allocated_bytes", "nvml_peak_bytes", "step_ms_median", "step_ms_p90",
     "optim_step_ms_median", "optim_step_ms_p90", "samples_per_s", "final_loss", "eval_loss",
-    "wall_s", "notes", "finished_at",
+    "wall_s", "load_avg_1m", "notes", "finished_at",
 ]  # fmt: skip
 
 
@@ -197,6 +198,7 @@ def train_and_measure(
             row["status"] = f"error: {message}"
             row["notes"] = traceback.format_exc(limit=-3).strip().replace("\n", " | ")[-1000:]
     row["wall_s"] = time.perf_counter() - started
+    row["load_avg_1m"] = os.getloadavg()[0]  # other processes on the machine make step times noisy
     row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return row, losses
 

@@ -33,10 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:  # TODO(profiler): drop the fallback once bnb8.nn is part of every build.
-    from bnb8.nn import StableEmbedding
-except ImportError:  # bnb8.nn not written yet
-    StableEmbedding = None
+from bnb8.nn import StableEmbedding
 
 
 @dataclass
@@ -177,9 +174,7 @@ def module_identifiers(max_modules: int, max_items: int) -> tuple[torch.Tensor, 
 
 
 def _embedding(num: int, dim: int, stable: bool) -> nn.Module:
-    if stable and StableEmbedding is not None:
-        return StableEmbedding(num, dim)
-    return nn.Embedding(num, dim)
+    return StableEmbedding(num, dim) if stable else nn.Embedding(num, dim)
 
 
 class ByteTransformer(nn.Module):
@@ -235,10 +230,7 @@ def build_gpt(
     for i in range(4):
         w = _text_windows(held, batch_size, seq_len, _rng(12345, i)).to(device)
         evals.append((w[:, :-1], w[:, 1:]))
-    notes = (
-        "" if StableEmbedding is not None else "bnb8.nn.StableEmbedding unavailable: torch.nn.Embedding used"
-    )
-    return Workload(model, batch, loss, evals, notes)
+    return Workload(model, batch, loss, evals)
 
 
 MASK_ID = 256
