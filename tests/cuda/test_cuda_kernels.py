@@ -265,11 +265,21 @@ def assert_codes_close(gpu: torch.Tensor, cpu: torch.Tensor, what: str) -> None:
     assert mismatches <= max(4, cpu.numel() // 1000), f"{what}: {mismatches} of {cpu.numel()} codes differ"
 
 
+def assert_params_close(gpu: torch.Tensor, cpu: torch.Tensor, what: str) -> None:
+    """Within last-bit noise, except for rare elements where a sign-like rule (Lion) sees a value
+    within an ulp of 0 and the FMA difference flips its sign: a few, each at most a few steps off."""
+    a, b = gpu.cpu().float(), cpu.float()
+    tol = float_tolerance(cpu.dtype)
+    off = ~torch.isclose(a, b, rtol=tol["rtol"], atol=tol["atol"])
+    count = int(off.sum())
+    assert count <= max(2, b.numel() // 100_000), f"{what}: {count} of {b.numel()} elements differ"
+    if count:
+        assert float((a - b)[off].abs().max()) <= 0.05, f"{what}: elements differ by more than a few steps"
+
+
 def assert_same_update(gpu: Problem, cpu: Problem) -> None:
     for i, (pg, pc) in enumerate(zip(gpu.params, cpu.params)):
-        torch.testing.assert_close(
-            pg.cpu(), pc, **float_tolerance(pc.dtype), msg=lambda m, i=i: f"params[{i}]: {m}"
-        )
+        assert_params_close(pg, pc, f"params[{i}]")
     for k, (sg, sc) in enumerate(zip(gpu.states, cpu.states)):
         for i, (a, b) in enumerate(zip(sg, sc)):
             if cpu.quantized:
