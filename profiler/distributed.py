@@ -88,9 +88,15 @@ def run_distributed(
             start_new_session=True,  # its own process group: a timeout kills launcher and ranks
         )
         lines: queue.Queue = queue.Queue()
-        threading.Thread(
-            target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True
-        ).start()
+
+        def read() -> None:
+            with proc.stdout:
+                for line in proc.stdout:
+                    lines.put(line)
+            lines.put(None)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         tail: list[str] = []
         failure = None
@@ -110,6 +116,7 @@ def run_distributed(
             else:
                 tail = (tail + [line.rstrip()])[-40:]
         proc.wait()
+        reader.join()
         ranks = [_read_json(Path(tmp) / f"rank{r}.json") for r in range(nproc)]
     return _aggregate(spec, nproc, strategy, ranks, failure, proc.returncode, tail)
 

@@ -68,10 +68,10 @@ def optimizer_kwargs(bits: int, **extra) -> dict:
     return dict(lr=LR, optim_bits=bits, min_8bit_size=MIN_8BIT, weight_decay=0.01, **extra)
 
 
-def train_single(bits: int, steps: int = STEPS, **extra) -> dict[str, torch.Tensor]:
+def train_single(bits: int, steps: int = STEPS, cls: str = "AdamW", **extra) -> dict[str, torch.Tensor]:
     """The reference: one process, whole global batches."""
     model = make_model()
-    opt = bnb8.optim.AdamW(model.parameters(), **optimizer_kwargs(bits, **extra))
+    opt = getattr(bnb8.optim, cls)(model.parameters(), **optimizer_kwargs(bits, **extra))
     for step in range(steps):
         loss_on(model, step).backward()
         opt.step()
@@ -137,9 +137,11 @@ def ddp(rank, world, tmp, bits):
     return {"params": params, "ranks_identical": same}
 
 
-def fsdp2(rank, world, tmp, bits, **extra):
+def fsdp2(rank, world, tmp, bits, cls="AdamW", **extra):
+    if not hasattr(bnb8.optim, cls):
+        return {"skip": f"bnb8.optim has no {cls}"}
     model = _fsdp2(make_model())
-    opt = bnb8.optim.AdamW(model.parameters(), **optimizer_kwargs(bits, **extra))
+    opt = getattr(bnb8.optim, cls)(model.parameters(), **optimizer_kwargs(bits, **extra))
     _train(model, opt, rank, world, STEPS)
     local_numel = {n: p.to_local().numel() for n, p in model.named_parameters()}
     return {"params": _full_params(model), "kinds": _state_kinds(model, opt), "local_numel": local_numel}
@@ -231,6 +233,9 @@ SCENARIOS = {
     "fsdp2_8": lambda r, w, t: fsdp2(r, w, t, 8),
     "fsdp2_32": lambda r, w, t: fsdp2(r, w, t, 32),
     "fsdp2_norms32": lambda r, w, t: fsdp2(r, w, t, 32, percentile_clipping=50, max_unorm=0.05),
+    # LAMB's trust ratio needs norms of whole tensors (the base class all-reduces them over shards).
+    "fsdp2_lamb8": lambda r, w, t: fsdp2(r, w, t, 8, cls="LAMB"),
+    "fsdp2_lamb32": lambda r, w, t: fsdp2(r, w, t, 32, cls="LAMB"),
     "fsdp2_state_dict": fsdp2_state_dict,
     "fsdp2_dcp": fsdp2_dcp,
     "fsdp2_overrides": fsdp2_overrides,

@@ -126,6 +126,14 @@ def test_fsdp2_norms_are_global(results):
     )
 
 
+@pytest.mark.parametrize("bits", [8, 32], ids=["8bit", "32bit"])
+def test_fsdp2_lamb_trust_ratio_uses_global_norms(results, bits):
+    out = scenario(results, f"fsdp2_lamb{bits}")
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    assert_close_to_single(out["params"], bits, cls="LAMB")
+
+
 def test_fsdp2_8bit_decision_follows_full_parameter(results):
     r0, r1 = (scenario(results, "fsdp2_8", r) for r in range(WORLD))
     # sq.weight has exactly min_8bit_size elements, each shard half of it; fc1/fc2 shards are also
