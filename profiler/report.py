@@ -362,7 +362,11 @@ def plain(table: pd.DataFrame) -> str:
 
 
 def _looks_numeric(text: str) -> bool:
-    return str(text).lstrip("+-").replace(",", "").replace(".", "").rstrip("x%").isdigit()
+    try:
+        float(str(text).replace(",", "").rstrip("x%"))
+    except ValueError:
+        return False
+    return True
 
 
 def write_summary(run_dir: Path, plots: list[Path]) -> Path:
@@ -427,7 +431,10 @@ def write_summary(run_dir: Path, plots: list[Path]) -> Path:
 
 
 def _load_range(run_dir: Path) -> str:
-    load = pd.to_numeric(read_results(run_dir).get("load_avg_1m"), errors="coerce").dropna()
+    results = read_results(run_dir)
+    if "load_avg_1m" not in results:  # a run from before the column existed
+        return "not recorded"
+    load = pd.to_numeric(results["load_avg_1m"], errors="coerce").dropna()
     if load.empty:
         return "not recorded"
     return f"{load.min():.1f} to {load.max():.1f} on {os.cpu_count()} CPUs"
