@@ -249,6 +249,24 @@ def test_native_kernel_equals_reference_backend(map_name, blocksize, dtype):
     assert torch.equal(F.dequantize_blockwise(codes, state), out)
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS.get)
+def test_native_kernel_equals_reference_on_non_finite_blocks(dtype):
+    """Below the functional API's error: a block holding NaN/Inf gets absmax NaN and all-zero codes in
+    both implementations; its neighbours are untouched."""
+    x = torch.randn(64 * 5 + 9).to(dtype)
+    x[3], x[64 + 10], x[128 + 63], x[-1] = float("nan"), float("inf"), float("-inf"), float("nan")
+    code = F.create_dynamic_map(signed=True)
+    thresholds, bucket_lo = F.code_search_tables(code)
+    got_codes, got_absmax = torch.empty(x.numel(), dtype=torch.uint8), torch.empty(6)
+    ref_codes, ref_absmax = torch.empty_like(got_codes), torch.empty_like(got_absmax)
+    torch.ops.bnb8.quantize_blockwise_(x, thresholds, bucket_lo, 64, got_codes, got_absmax)
+    reference.quantize_blockwise_(x, thresholds, bucket_lo, 64, ref_codes, ref_absmax)
+    assert torch.equal(got_codes, ref_codes)
+    assert torch.equal(got_absmax.isnan(), torch.tensor([True, True, True, False, False, True]))
+    assert torch.equal(got_absmax[3:5], ref_absmax[3:5])
+    assert bool((code[got_codes[:192].long()] == 0).all())
+
+
 _ISA_SCRIPT = textwrap.dedent(
     """
     import sys, torch, bnb8, bnb8.functional as F

@@ -9,13 +9,15 @@
 
 #include "bnb8/api.h"
 #include "cpu/kernels.h"
+#include "cpu/simd_search.h"
 
 namespace bnb8::cpu::BNB8_ISA {
 
 namespace {
 
-// Blocks below this count run on one thread: waking a pool costs more than they take.
-constexpr int64_t kMinParallelBlocks = 16;
+// Work below this many blocks (128K elements) runs on the calling thread: waking a thread pool —
+// and competing with torch's own OpenMP workers, which spin after each torch op — costs more.
+constexpr int64_t kMinParallelBlocks = 512;
 
 template <class T, bool Bucketed>
 void quantize_impl(const QuantizeArgs& a) {
@@ -25,6 +27,9 @@ void quantize_impl(const QuantizeArgs& a) {
   float* absmax = reinterpret_cast<float*>(a.absmax);
   const int64_t bs = a.blocksize, nblocks = (a.n + bs - 1) / bs;
   const CodeSearch cs = a.search;
+#if defined(BNB8_SIMD_SEARCH)
+  const SearchTree16 tree(cs.thresholds);  // the whole table in registers: no gathers (simd_search.h)
+#endif
 #pragma omp parallel for num_threads(a.num_threads) schedule(static) if (nblocks >= kMinParallelBlocks)
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t start = b * bs, len = std::min(bs, a.n - start);
@@ -37,12 +42,17 @@ void quantize_impl(const QuantizeArgs& a) {
       m = std::max(m, fabsf(v));
       bad |= int32_t(!is_finite(v));
     }
-    absmax[b] = bad ? nan_absmax() : m;
+    m = bad ? nan_absmax() : m;  // a bad block encodes as all zeros (normalize), as the reference does
+    absmax[b] = m;
     uint8_t* cb = codes + start;
+#if defined(BNB8_SIMD_SEARCH)
+    encode_block16<T>(xb, cb, len, m, tree);
+#else
     const float* thr = cs.thresholds;
     const int32_t* lo = cs.bucket_lo;
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) cb[i] = encode<Bucketed>(T::load(xb[i]), m, thr, lo);
+#endif
   }
 }
 

@@ -9,6 +9,10 @@
 // float32. For a float32 y,  y > m_j  <=>  y > rounddown32(m_j),  so one float32 comparison per
 // threshold decides exactly, including exact midpoints. thresholds[255] = +inf pads the table.
 //
+// Equivalently: the code index is the number of thresholds below y (torch.searchsorted(thresholds, y)),
+// which is what every search below computes — nearest_code_bucketed, nearest_code_bisect, and the
+// gather-free AVX-512 walk in ext/cpu/simd_search.h (tested bit-exact against these on all inputs).
+//
 // Counting all 255 thresholds is too slow, so y's float bits pick a bucket (sign, exponent, 7 bits of
 // mantissa); bnb8.functional.code_search_tables precomputes for each bucket how many thresholds lie
 // below it (bucket_lo). For the dynamic maps at most one threshold falls inside any bucket, so
@@ -53,6 +57,7 @@ BNB8_HD int32_t nearest_code_bisect(float y, const float* thresholds) {
 
 // y = x / absmax, clamped into the code range [-1, 1]; an all-zero block (absmax 0) maps to 0.
 // Comparisons, not fminf/fmaxf: their NaN rules keep GCC from vectorising them (a libm call each).
+// The AVX-512 search (ext/cpu/simd_search.h) computes the same y with vdivps, vmaxps and vminps.
 BNB8_HD float normalize(float x, float absmax) {
   // Written so that NaN fails both tests and lands on -1: the bucket index must stay in bounds.
   float y = absmax > 0.0f ? x / absmax : 0.0f;
