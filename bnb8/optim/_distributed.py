@@ -177,6 +177,23 @@ def load_state(s: torch.Tensor, p: torch.Tensor, dtype: torch.dtype, where: str)
     return state_like(p, dtype, lambda shape, dt, dev: part.to(dev, dt).clone().view(shape))
 
 
+def check_8bit_layout(s: torch.Tensor, p: torch.Tensor, where: str) -> None:
+    """8-bit codes are quantized in blocks over each rank's shard: they load only into a parameter
+    sharded the same way (or, unsharded, into an unsharded one)."""
+    if is_dtensor(p) and not is_dtensor(s):
+        raise ValueError(
+            f"{where}: 8-bit state saved unsharded cannot be loaded into a sharded parameter (its quantization "
+            "blocks follow the shards); load it into the unsharded model, or start with fresh state"
+        )
+    if is_dtensor(s) and not is_dtensor(p):
+        raise ValueError(
+            f"{where}: the state is sharded (DTensor) but the parameter is not; load it into the same "
+            "sharded model, or gather it with torch.distributed.checkpoint first"
+        )
+    if is_dtensor(p):
+        _check_same_layout(s, p, where)
+
+
 def load_absmax(absmax: torch.Tensor, p: torch.Tensor, where: str) -> torch.Tensor:
     if not is_dtensor(p):
         if is_dtensor(absmax):

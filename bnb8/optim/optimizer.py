@@ -501,6 +501,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 got = s.numel() if isinstance(s, torch.Tensor) else type(s).__name__
                 raise ValueError(f"{where}: state{k} has {got} elements, expected {p.numel()}")
             if s.dtype == torch.uint8:
+                _distributed.check_8bit_layout(s, p, where)  # blocks follow shards: same sharding only
                 absmax, qmap = saved.get(f"absmax{k}"), saved.get(f"qmap{k}")
                 if not isinstance(absmax, torch.Tensor) or absmax.numel() != nblocks:
                     raise ValueError(

@@ -193,6 +193,28 @@ def fsdp2_dcp(rank, world, tmp):
     return {"exact": all(torch.equal(expected[k], got[k]) for k in expected), "max_rel": err, "steps": steps}
 
 
+def fsdp2_load_unsharded(rank, world, tmp):
+    """A single-process checkpoint into a sharded model: float32 states are split, 8-bit ones refused."""
+    out = {}
+    for bits in (32, 8):
+        single = make_model()
+        opt = bnb8.optim.AdamW(single.parameters(), **optimizer_kwargs(bits))
+        _train(single, opt, 0, 1, 3)
+        saved = opt.state_dict()
+        model = _fsdp2(make_model())
+        opt2 = bnb8.optim.AdamW(model.parameters(), **optimizer_kwargs(bits))
+        try:
+            opt2.load_state_dict(saved)
+        except ValueError as e:
+            out[bits] = str(e)
+            continue
+        out[bits] = all(
+            torch.equal(opt2.state[p2]["state2"].full_tensor(), opt.state[p1]["state2"])
+            for p1, p2 in zip(single.parameters(), model.parameters())
+        )
+    return out
+
+
 def fsdp2_overrides(rank, world, tmp):
     """GlobalOptimManager after fully_shard: module overrides and overrides on sharded parameters."""
     mng = bnb8.optim.GlobalOptimManager.get_instance()
@@ -238,6 +260,7 @@ SCENARIOS = {
     "fsdp2_lamb32": lambda r, w, t: fsdp2(r, w, t, 32, cls="LAMB"),
     "fsdp2_state_dict": fsdp2_state_dict,
     "fsdp2_dcp": fsdp2_dcp,
+    "fsdp2_load_unsharded": fsdp2_load_unsharded,
     "fsdp2_overrides": fsdp2_overrides,
     "zero8": lambda r, w, t: zero(r, w, t, 8),
     "zero32": lambda r, w, t: zero(r, w, t, 32),

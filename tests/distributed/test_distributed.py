@@ -168,6 +168,13 @@ def test_fsdp2_dcp_save_load_resumes_exactly(results):
         assert out["exact"], f"max relative difference {out['max_rel']}"
 
 
+def test_fsdp2_loads_unsharded_checkpoint(results):
+    for rank in range(WORLD):
+        out = scenario(results, "fsdp2_load_unsharded", rank)
+        assert out[32] is True  # float32 states: each rank keeps its part of the full tensors
+        assert "cannot be loaded into a sharded parameter" in out[8]
+
+
 def test_fsdp2_overrides_apply_to_sharded_parameters(results):
     for rank in range(WORLD):
         kinds = scenario(results, "fsdp2_overrides", rank)["kinds"]
