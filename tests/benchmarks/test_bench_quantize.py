@@ -6,7 +6,7 @@ reverse; the reference copies a uint8 buffer of 2.5 bytes per element (2.5 read 
 ``ratio`` = kernel time / copy time and ``share_of_copy`` = 1 / ratio is the share of the copy's
 bandwidth the kernel reaches. No test asserts a time.
 
-    BNB8_BENCH_THREADS=2 BNB8_BENCH_TIMER=wall pytest -m benchmark tests/benchmarks/test_bench_quantize.py --benchmark-enable
+    BNB8_BENCH_THREADS=2 BNB8_BENCH_TIMER=wall pytest -m benchmark tests/benchmarks/test_bench_quantize.py --benchmark-only
 """
 
 from __future__ import annotations
