@@ -7,6 +7,13 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# Benchmarks: pytest-benchmark JSON per run in .benchmarks/; GATE_ARGS e.g. --margin 0.4 or --allow-missing 'x-*'.
+BENCH_STAMP := $(shell date -u +%Y%m%d-%H%M%S)
+BENCH_JSON  ?= .benchmarks/bench-$(BENCH_STAMP).json
+BENCH_ARGS  ?=
+GATE_ARGS   ?=
+BENCH_BASELINE_RUNS ?= 3
+BENCH_PYTEST = $(PY) -m pytest -m benchmark tests/benchmarks --benchmark-only -p no:randomly -p no:cacheprovider -q $(BENCH_ARGS)
 
 .PHONY: venv install ext test test-slow test-all lint format bench bench-baseline wheel run gpu-check gpu-bench clean
 
@@ -40,6 +47,20 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Benchmarks (tests/benchmarks/), then the gate: fails when a kernel/reference ratio regressed beyond the
+# margin against the committed tests/benchmarks/baseline.json. Never rewrites the baseline.
+bench: install
+	@mkdir -p .benchmarks
+	$(BENCH_PYTEST) --benchmark-json=$(BENCH_JSON)
+	$(PY) -m tests.benchmarks.gate $(BENCH_JSON) --rerun 2 $(GATE_ARGS)
+
+# Deliberately refresh the baseline: median ratio of each benchmark over BENCH_BASELINE_RUNS runs.
+bench-baseline: install
+	@mkdir -p .benchmarks
+	for i in $$(seq $(BENCH_BASELINE_RUNS)); do \
+		$(BENCH_PYTEST) --benchmark-json=.benchmarks/baseline-$(BENCH_STAMP)-$$i.json || exit 1; done
+	$(PY) -m tests.benchmarks.gate --write-baseline .benchmarks/baseline-$(BENCH_STAMP)-*.json $(GATE_ARGS)
 
 run: install
 	$(PY) -m profiler run smoke
