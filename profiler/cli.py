@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from datetime import datetime
@@ -168,8 +169,11 @@ def _check_run_dir(run_dir: Path) -> Path:
 def _new_run(args) -> tuple[suites.Suite, Path, dict]:
     from profiler import runner
 
+    if args.steps == 1:
+        raise CliError("--steps: expected at least 2 (one warm-up step and one timed step), got 1")
     suite = suites.load(args.suite or "smoke", steps=args.steps, seeds=args.seeds)
     device = runner.resolve_device(args.device or "auto")
+    _check_filter(suite, device, args.filter)  # before anything is written
     out = args.out if args.out is not None else Path("reports")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = out / suite.name / f"{stamp}-{device}"
@@ -200,6 +204,17 @@ def _new_run(args) -> tuple[suites.Suite, Path, dict]:
     report.write_atomic(run_dir / "env.json", json.dumps(env, indent=2) + "\n")
     (run_dir / "results.csv").write_text(",".join(runner.RESULT_COLUMNS) + "\n")
     return suite, run_dir, settings
+
+
+def _check_filter(suite: suites.Suite, device: str, pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        runs = suite.runs(device, pattern)
+    except re.error as e:
+        raise CliError(f"--filter: not a valid regular expression {pattern!r}: {e}") from None
+    if not runs:
+        raise CliError(f"--filter {pattern!r} matches no run of suite {suite.name!r}")
 
 
 def _resumed_run(args) -> tuple[suites.Suite, Path, dict]:

@@ -172,10 +172,10 @@ def test_filter_selects_runs(tmp_path, tiny_suite_text):
     path.write_text(tiny_suite_text)
     runs = suite.load(str(path)).runs("cpu", "mlp/adamw")
     assert [r.key for r in runs] == ["mlp/adamw/seed0", "mlp/adamw-again/seed0"]
-    assert (
-        main(["run", str(path), "--filter", "nothing-matches", "--out", str(tmp_path), "--device", "cpu"])
-        == 2
-    )
+    for pattern in ("nothing-matches", "gpt/("):  # no match; not a regular expression
+        assert main(["run", str(path), "--filter", pattern, "--out", str(tmp_path), "--device", "cpu"]) == 2
+    assert not (tmp_path / "tiny").exists()  # rejected before a run directory was made
+    assert main(["run", str(path), "--steps", "1", "--out", str(tmp_path), "--device", "cpu"]) == 2
 
 
 def test_sweep_expands_into_labelled_configurations(tmp_path):
