@@ -148,6 +148,30 @@ def check_grad(p: torch.Tensor, g: torch.Tensor) -> None:
         )
 
 
+# -- overrides ----------------------------------------------------------------------------------
+
+
+def carry_overrides(model: torch.nn.Module) -> int:
+    """Make the GlobalOptimManager overrides given for ``model``'s parameters survive wrapping.
+
+    FSDP2's ``fully_shard`` replaces every parameter with a new DTensor ``Parameter``, so an override
+    keyed by the original object would be lost. Call this before wrapping: each per-parameter override
+    is re-registered as a module override (owner module, attribute name), which the optimizer resolves
+    to whatever tensor the attribute holds at step time. Returns the number of parameters carried.
+    """
+    from bnb8.optim.manager import GlobalOptimManager
+
+    mng = GlobalOptimManager.get_instance()
+    carried = 0
+    for name, p in model.named_parameters(remove_duplicate=False):
+        overrides = mng._overrides_of(p)
+        if overrides:
+            owner, _, attr = name.rpartition(".")
+            mng.register_module_override(model.get_submodule(owner), attr, dict(overrides))
+            carried += 1
+    return carried
+
+
 # -- loading --------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 import bnb8
+from bnb8.optim._distributed import carry_overrides
 
 STEPS = 15
 GLOBAL_BATCH = 16
@@ -221,6 +222,8 @@ def fsdp2_overrides(rank, world, tmp):
     mng.initialize()
     model = make_model()
     mng.register_module_override(model.fc2, "weight", {"optim_bits": 32})  # registered before wrapping
+    mng.override_config(model.row, "optim_bits", 32)  # on the original parameter, carried:
+    carry_overrides(model)
     model = _fsdp2(model)
     mng.override_config(model.sq.weight, "min_8bit_size", 5000)  # on the sharded parameter
     opt = bnb8.optim.AdamW8bit(model.parameters(), **optimizer_kwargs(8))
