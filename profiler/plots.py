@@ -80,41 +80,73 @@ def min_8bit_sweep(summary: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _line_styles(summary: pd.DataFrame) -> dict[str, dict]:
+    """One style per optimizer label. With one baseline: the baseline thick grey, the others in the
+    colour cycle. With several (8-bit vs its 32-bit twin): one colour per baseline group, the
+    baseline thick and translucent, its 8-bit partners thin (dashed/dotted if a group has several)."""
+    pairs = list(dict.fromkeys(zip(summary["optimizer"], summary["baseline"])))
+    baselines = list(dict.fromkeys(b for _, b in pairs))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    thick = {"lw": 3.2, "alpha": 0.5, "zorder": 1}
+    styles: dict[str, dict] = {}
+    if len(baselines) == 1:
+        others = [o for o, _ in pairs if o != baselines[0]]
+        styles[baselines[0]] = {"color": "0.3", **thick}
+        for i, optimizer in enumerate(others):
+            styles[optimizer] = {"color": cycle[i % len(cycle)], "lw": 1.2, "zorder": 2}
+        return styles
+    dashes = ["-", "--", ":", "-."]
+    for g, base in enumerate(baselines):
+        color = cycle[g % len(cycle)]
+        styles[base] = {"color": color, **thick}
+        partners = [o for o, b in pairs if b == base and o != base]
+        for i, optimizer in enumerate(partners):
+            styles[optimizer] = {"color": color, "lw": 1.3, "zorder": 2, "ls": dashes[i % len(dashes)]}
+    return styles
+
+
 def loss_curves(summary: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Path | None:
-    """Training loss per step for every optimizer (mean over seeds), one panel per model."""
+    """Training loss per step for every optimizer (mean over seeds), one panel per model; one legend."""
     if curves.empty:
         return None
     models = list(dict.fromkeys(summary["model"]))
-    fig, axes = _grid(len(models))
-    for ax, model in zip(axes, models):
-        rows = summary[summary["model"] == model]
-        baselines = set(rows["baseline"])
+    styles = _line_styles(summary)
+    labels = list(dict.fromkeys(summary["optimizer"]))
+    cols = min(len(labels), 4)
+    legend_rows = -(-len(labels) // cols)
+    n_cols = min(len(models), 3)
+    n_rows = -(-len(models) // n_cols)
+    legend_h = 0.25 * legend_rows + 0.2
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(max(5.0 * n_cols, 3.1 * cols), 3.4 * n_rows + legend_h), squeeze=False
+    )
+    for ax in axes.flat[len(models) :]:
+        ax.set_visible(False)
+    handles: dict[str, object] = {}
+    baselines = set(summary["baseline"])
+    for ax, model in zip(axes.flat, models):
         steps = int(curves[curves["model"] == model]["step"].max() + 1)
         window = max(1, steps // 20)
-        for optimizer in rows["optimizer"]:
+        for optimizer in summary[summary["model"] == model]["optimizer"]:
             c = curves[(curves["model"] == model) & (curves["optimizer"] == optimizer)]
             if c.empty:
                 continue
-            mean = c.groupby("step")["loss"].mean()
-            smooth = mean.rolling(window, min_periods=1).mean()
-            is_base = optimizer in baselines
-            ax.plot(
-                smooth.index,
-                smooth.to_numpy(),
-                label=optimizer + (" (baseline)" if is_base else ""),
-                color="0.3"
-                if is_base
-                else None,  # the baseline thick and underneath, so overlaps stay visible
-                lw=3.2 if is_base else 1.2,
-                alpha=0.55 if is_base else 1.0,
-                zorder=1 if is_base else 2,
-            )
+            smooth = c.groupby("step")["loss"].mean().rolling(window, min_periods=1).mean()
+            label = optimizer + (" (baseline)" if optimizer in baselines else "")
+            (line,) = ax.plot(smooth.index, smooth.to_numpy(), label=label, **styles[optimizer])
+            handles.setdefault(optimizer, line)
         ax.set_title(f"{model} (moving average, {window} steps)" if window > 1 else model)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
+    ordered = [handles[o] for o in labels if o in handles]
+    fig.legend(
+        ordered, [h.get_label() for h in ordered], loc="lower center", ncol=cols, fontsize=8, frameon=False
+    )
+    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _barh_panels(summary: pd.DataFrame, path: Path, bars, xlabel: str, title: str) -> Path | None:
