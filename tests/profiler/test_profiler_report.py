@@ -101,3 +101,20 @@ def test_atomic_append_replaces_a_rerun_row(tmp_path):
 def test_threads_setting_reaches_the_workers(tiny_run):
     assert set(pd.read_csv(tiny_run / "results.csv")["threads"]) == {1}
     assert json.loads((tiny_run / "env.json").read_text())["torch_threads"] == 1
+
+
+def test_failed_configuration_is_recorded_and_the_suite_goes_on(tmp_path):
+    path = tmp_path / "failing.toml"
+    path.write_text(
+        'description = "f"\nsteps = 3\nwarmup = 1\n[[models]]\nname = "mlp"\nwidth = 0.25\nbatch_size = 8\n'
+        '[[optimizers]]\nname = "good"\nclass = "torch.optim.SGD"\nkwargs = { lr = 0.1 }\n'
+        '[[optimizers]]\nname = "bad"\nclass = "torch.optim.SGD"\nkwargs = { lr = -1.0 }\n'
+        '[[optimizers]]\nname = "after"\nclass = "torch.optim.Adam"\n'
+    )
+    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 0
+    (run_dir,) = (tmp_path / "failing").iterdir()
+    status = pd.read_csv(run_dir / "results.csv").set_index("optimizer")["status"]
+    assert status["good"] == "ok" and status["after"] == "ok"
+    assert status["bad"].startswith("error: ValueError: Invalid learning rate")
+    summary = (run_dir / "summary.md").read_text()
+    assert "## Failed configurations" in summary and "| mlp | bad | error: ValueError" in summary
