@@ -31,8 +31,78 @@ def _adam_amsgrad(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tenso
     return m / (vmax.sqrt() / h["bias_correction2_sqrt"] + h["eps"]), [m, v, vmax]
 
 
+def _sgd(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
+    g = g + h["weight_decay"] * p
+    buf = g if h["step"] == 1 else h["momentum"] * s[0] + (1.0 - h["dampening"]) * g
+    return (g + h["momentum"] * buf if h["nesterov"] else buf), [buf]
+
+
+def _sgd_plain(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
+    """SGD without momentum: no state, so no native kernel (a rule needs at least one state)."""
+    return g + h["weight_decay"] * p, []
+
+
+def _rmsprop_rule(centered: bool, momentum: bool) -> Rule:
+    def rule(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
+        g = g + h["weight_decay"] * p
+        v = h["alpha"] * s[0] + (1.0 - h["alpha"]) * g * g
+        new, var = [v], v
+        if momentum:
+            new.append(s[1])
+        if centered:
+            ga = h["alpha"] * s[-1] + (1.0 - h["alpha"]) * g
+            new.append(ga)
+            var = (v - ga * ga).clamp(min=0.0)
+        d = g / (var.sqrt() + h["eps"])
+        if momentum:
+            new[1] = h["momentum"] * s[1] + d
+            d = new[1]
+        return d, new
+
+    return rule
+
+
+def _adagrad(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
+    g = g + h["weight_decay"] * p
+    acc = s[0] + g * g
+    return g / (acc.sqrt() + h["eps"]), [acc]
+
+
+def _lion(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
+    c = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
+    m = h["beta2"] * s[0] + (1.0 - h["beta2"]) * g
+    return torch.sign(c), [m]
+
+
+def _lamb(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
+    g = g + h["weight_decay"] * p
+    m = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
+    v = h["beta2"] * s[1] + (1.0 - h["beta2"]) * g * g
+    return m / (v.sqrt() / h["bias_correction2_sqrt"] + h["eps"]) + h["alpha"] * p, [m, v]
+
+
+def _ademamix(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
+    m1 = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
+    nu = h["beta2"] * s[1] + (1.0 - h["beta2"]) * g * g
+    m2 = h["beta3"] * s[2] + (1.0 - h["beta3"]) * g
+    return (m1 + h["alpha"] * m2) / (nu.sqrt() / h["bias_correction2_sqrt"] + h["eps"]), [m1, nu, m2]
+
+
 # Rule name (as in ext/include/bnb8/optim.h kName) -> reference implementation.
-RULES: dict[str, Rule] = {"adam": _adam, "adam_amsgrad": _adam_amsgrad}
+RULES: dict[str, Rule] = {
+    "adam": _adam,
+    "adam_amsgrad": _adam_amsgrad,
+    "sgd": _sgd,
+    "sgd_plain": _sgd_plain,
+    "rmsprop": _rmsprop_rule(centered=False, momentum=False),
+    "rmsprop_momentum": _rmsprop_rule(centered=False, momentum=True),
+    "rmsprop_centered": _rmsprop_rule(centered=True, momentum=False),
+    "rmsprop_centered_momentum": _rmsprop_rule(centered=True, momentum=True),
+    "adagrad": _adagrad,
+    "lion": _lion,
+    "lamb": _lamb,
+    "ademamix": _ademamix,
+}
 
 
 def _block_scale(x: Tensor, blocksize: int) -> Tensor:

@@ -20,7 +20,7 @@ struct Hyper {
   float beta1 = 0.0f, beta2 = 0.0f, beta3 = 0.0f;
   float eps = 0.0f;
   float bias_correction2_sqrt = 1.0f;  // sqrt(1 - beta2^step) for Adam-like rules
-  float alpha = 0.0f;                  // AdEMAMix mix / RMSprop smoothing
+  float alpha = 0.0f;                  // AdEMAMix mix / RMSprop smoothing / LAMB decoupled decay
   float momentum = 0.0f, dampening = 0.0f;
   float lr = 0.0f;                     // the plain learning rate, for rules that need it
   int32_t step = 1;                    // 1 on the first update
@@ -62,9 +62,116 @@ struct AdamAmsgradRule {
   }
 };
 
+// SGD with momentum (torch.optim.SGD): state 0 = momentum buffer (signed map). As in torch, the first
+// step sets the buffer to the gradient; nesterov looks ahead along the new buffer. (momentum = 0 keeps
+// no state and never reaches a kernel: bnb8/optim/sgd.py.) LARS uses this rule plus max_unorm.
+struct SgdRule {
+  static constexpr const char* kName = "sgd";
+  static constexpr int kStates = 1;
+  BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
+    g += h.weight_decay * p;
+    s[0] = h.step == 1 ? g : h.momentum * s[0] + (1.0f - h.dampening) * g;
+    return h.nesterov ? g + h.momentum * s[0] : s[0];
+  }
+};
+
+// RMSprop (Hinton 2012; torch.optim.RMSprop): state 0 = running mean of g^2 (unsigned map); with
+// momentum, state 1 = momentum buffer of g / avg; when centered, the last state = running mean of g
+// (signed maps). The centered variance is clamped at 0: dequantized states can make it slightly negative.
+template <bool kCentered, bool kMomentum>
+struct RMSpropRuleT {
+  static constexpr const char* kName = kCentered ? (kMomentum ? "rmsprop_centered_momentum" : "rmsprop_centered")
+                                                 : (kMomentum ? "rmsprop_momentum" : "rmsprop");
+  static constexpr int kStates = 1 + int(kCentered) + int(kMomentum);
+  BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
+    g += h.weight_decay * p;
+    s[0] = h.alpha * s[0] + (1.0f - h.alpha) * g * g;
+    float var = s[0];
+    if constexpr (kCentered) {
+      constexpr int c = kStates - 1;
+      s[c] = h.alpha * s[c] + (1.0f - h.alpha) * g;
+      var -= s[c] * s[c];
+      var = var > 0.0f ? var : 0.0f;
+    }
+    const float d = g / (sqrtf(var) + h.eps);
+    if constexpr (kMomentum) {
+      s[1] = h.momentum * s[1] + d;
+      return s[1];
+    }
+    return d;
+  }
+};
+using RMSpropRule = RMSpropRuleT<false, false>;
+using RMSpropMomentumRule = RMSpropRuleT<false, true>;
+using RMSpropCenteredRule = RMSpropRuleT<true, false>;
+using RMSpropCenteredMomentumRule = RMSpropRuleT<true, true>;
+
+// Adagrad (Duchi et al. 2011; torch.optim.Adagrad): state 0 = sum of g^2 (unsigned map). The learning
+// rate decay lr / (1 + (step - 1) * lr_decay) is the step size.
+struct AdagradRule {
+  static constexpr const char* kName = "adagrad";
+  static constexpr int kStates = 1;
+  BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
+    g += h.weight_decay * p;
+    s[0] += g * g;
+    return g / (sqrtf(s[0]) + h.eps);
+  }
+};
+
+// Lion (Chen et al. 2023): u = sign(beta1 * m + (1 - beta1) * g), then m <- beta2 * m + (1 - beta2) * g.
+// State 0 = m (signed map); weight decay is decoupled (decay = 1 - lr * wd).
+struct LionRule {
+  static constexpr const char* kName = "lion";
+  static constexpr int kStates = 1;
+  BNB8_HD static float direction(float g, float, float (&s)[kStates], const Hyper& h) {
+    const float c = h.beta1 * s[0] + (1.0f - h.beta1) * g;
+    s[0] = h.beta2 * s[0] + (1.0f - h.beta2) * g;
+    return c > 0.0f ? 1.0f : (c < 0.0f ? -1.0f : 0.0f);
+  }
+};
+
+// LAMB (You et al. 2020): Adam's direction plus decoupled weight decay, u = m / (sqrt(v_hat) + eps)
+// + alpha * p, scaled per tensor by the trust ratio ||p|| / ||u|| (uscale, from the norms pass).
+// Bias correction 1 is folded out of u (the trust ratio does not depend on the scale of u), so Python
+// passes alpha = weight_decay * (1 - beta1^step). weight_decay (coupled) is LAMB's L2 mode.
+struct LambRule {
+  static constexpr const char* kName = "lamb";
+  static constexpr int kStates = 2;
+  BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
+    g += h.weight_decay * p;
+    s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
+    s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
+    return s[0] / (sqrtf(s[1]) / h.bias_correction2_sqrt + h.eps) + h.alpha * p;
+  }
+};
+
+// AdEMAMix (Pagliardini et al. 2024): state 0 = fast EMA m1 (beta1, signed), state 1 = second moment
+// nu (beta2, unsigned), state 2 = slow EMA m2 (beta3, signed). u = (m1 + alpha * m2) / (sqrt(nu_hat)
+// + eps) with step_size = lr / (1 - beta1^step) and alpha = alpha_t * (1 - beta1^step), which is the
+// paper's (m1_hat + alpha_t * m2) / (sqrt(nu_hat) + eps). Decoupled weight decay.
+struct AdEMAMixRule {
+  static constexpr const char* kName = "ademamix";
+  static constexpr int kStates = 3;
+  BNB8_HD static float direction(float g, float, float (&s)[kStates], const Hyper& h) {
+    s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
+    s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
+    s[2] = h.beta3 * s[2] + (1.0f - h.beta3) * g;
+    return (s[0] + h.alpha * s[2]) / (sqrtf(s[1]) / h.bias_correction2_sqrt + h.eps);
+  }
+};
+
 // Every rule the kernels are instantiated for: X(RuleType). Adding a family = a struct above + a line here.
-#define BNB8_FOR_EACH_RULE(X) \
-  X(AdamRule)                 \
-  X(AdamAmsgradRule)
+#define BNB8_FOR_EACH_RULE(X)     \
+  X(AdamRule)                     \
+  X(AdamAmsgradRule)              \
+  X(SgdRule)                      \
+  X(RMSpropRule)                  \
+  X(RMSpropMomentumRule)          \
+  X(RMSpropCenteredRule)          \
+  X(RMSpropCenteredMomentumRule)  \
+  X(AdagradRule)                  \
+  X(LionRule)                     \
+  X(LambRule)                     \
+  X(AdEMAMixRule)
 
 }  // namespace bnb8
