@@ -97,11 +97,14 @@ def _full_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: _full(v) for k, v in model.state_dict().items()}
 
 
-def _fsdp2(model: nn.Module) -> nn.Module:
+def _fsdp2(model: nn.Module, mesh_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """fully_shard; a 2-D ``mesh_shape`` (replicate, shard) makes it HSDP."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    shape = mesh_shape or (dist.get_world_size(),)
+    names = ("replicate", "shard") if len(shape) == 2 else None
+    mesh = init_device_mesh("cpu", shape, mesh_dim_names=names)
     fully_shard(model.fc1, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
@@ -138,10 +141,10 @@ def ddp(rank, world, tmp, bits):
     return {"params": params, "ranks_identical": same}
 
 
-def fsdp2(rank, world, tmp, bits, cls="AdamW", **extra):
+def fsdp2(rank, world, tmp, bits, cls="AdamW", mesh_shape=None, **extra):
     if not hasattr(bnb8.optim, cls):
         return {"skip": f"bnb8.optim has no {cls}"}
-    model = _fsdp2(make_model())
+    model = _fsdp2(make_model(), mesh_shape)
     opt = getattr(bnb8.optim, cls)(model.parameters(), **optimizer_kwargs(bits, **extra))
     _train(model, opt, rank, world, STEPS)
     local_numel = {n: p.to_local().numel() for n, p in model.named_parameters()}
@@ -192,6 +195,25 @@ def fsdp2_dcp(rank, world, tmp):
     got = _full_params(model2)
     err = max(((expected[k] - got[k]).norm() / expected[k].norm()).item() for k in expected)
     return {"exact": all(torch.equal(expected[k], got[k]) for k in expected), "max_rel": err, "steps": steps}
+
+
+def fsdp2_full_state_dict(rank, world, tmp):
+    """get_state_dict(full_state_dict=True) gathers every state; set_state_dict splits it again."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    model = _fsdp2(make_model())
+    opt = bnb8.optim.AdamW8bit(model.parameters(), **optimizer_kwargs(8))
+    _train(model, opt, rank, world, 5)
+    options = StateDictOptions(full_state_dict=True)
+    msd, osd = get_state_dict(model, opt, options=options)
+    _train(model, opt, rank, world, 4, first=5)
+    expected = _full_params(model)
+    model2 = _fsdp2(make_model(seed=1))
+    opt2 = bnb8.optim.AdamW8bit(model2.parameters(), **optimizer_kwargs(8))
+    set_state_dict(model2, opt2, model_state_dict=msd, optim_state_dict=osd, options=options)
+    _train(model2, opt2, rank, world, 4, first=5)
+    got = _full_params(model2)
+    return {"exact": all(torch.equal(expected[k], got[k]) for k in expected)}
 
 
 def fsdp2_load_unsharded(rank, world, tmp):
@@ -261,9 +283,18 @@ SCENARIOS = {
     # LAMB's trust ratio needs norms of whole tensors (the base class all-reduces them over shards).
     "fsdp2_lamb8": lambda r, w, t: fsdp2(r, w, t, 8, cls="LAMB"),
     "fsdp2_lamb32": lambda r, w, t: fsdp2(r, w, t, 32, cls="LAMB"),
+    # HSDP meshes: norms are summed over the shard dim only, never over replicas.
+    "hsdp_2x1_norms32": lambda r, w, t: fsdp2(
+        r, w, t, 32, mesh_shape=(2, 1), percentile_clipping=50, max_unorm=0.05
+    ),
+    "hsdp_1x2_norms32": lambda r, w, t: fsdp2(
+        r, w, t, 32, mesh_shape=(1, 2), percentile_clipping=50, max_unorm=0.05
+    ),
+    "hsdp_1x2_8": lambda r, w, t: fsdp2(r, w, t, 8, mesh_shape=(1, 2)),
     "fsdp2_state_dict": fsdp2_state_dict,
     "fsdp2_dcp": fsdp2_dcp,
     "fsdp2_load_unsharded": fsdp2_load_unsharded,
+    "fsdp2_full_state_dict": fsdp2_full_state_dict,
     "fsdp2_overrides": fsdp2_overrides,
     "zero8": lambda r, w, t: zero(r, w, t, 8),
     "zero32": lambda r, w, t: zero(r, w, t, 32),

@@ -126,6 +126,18 @@ def test_fsdp2_norms_are_global(results):
     )
 
 
+@pytest.mark.parametrize("mesh", ["2x1", "1x2"])
+def test_hsdp_norms_sum_over_shards_not_replicas(results, mesh):
+    """2-D (replicate, shard) meshes: only the shard dim is all-reduced."""
+    for rank in range(WORLD):
+        params = scenario(results, f"hsdp_{mesh}_norms32", rank)["params"]
+        assert_close_to_single(params, 32, percentile_clipping=50, max_unorm=0.05)
+
+
+def test_hsdp_8bit(results):
+    assert_close_to_single(scenario(results, "hsdp_1x2_8", 1)["params"], 8)
+
+
 @pytest.mark.parametrize("bits", [8, 32], ids=["8bit", "32bit"])
 def test_fsdp2_lamb_trust_ratio_uses_global_norms(results, bits):
     out = scenario(results, f"fsdp2_lamb{bits}")
@@ -166,6 +178,12 @@ def test_fsdp2_dcp_save_load_resumes_exactly(results):
         out = scenario(results, "fsdp2_dcp", rank)
         assert out["steps"] == [8] * 5
         assert out["exact"], f"max relative difference {out['max_rel']}"
+
+
+def test_fsdp2_full_state_dict_round_trip(results):
+    """get_state_dict(full_state_dict=True) / set_state_dict: gathered and split again, exact resume."""
+    for rank in range(WORLD):
+        assert scenario(results, "fsdp2_full_state_dict", rank)["exact"]
 
 
 def test_fsdp2_loads_unsharded_checkpoint(results):
