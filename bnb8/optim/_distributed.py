@@ -42,10 +42,15 @@ import torch
 
 BLOCK = 256
 
-try:  # torch.distributed can be compiled out (some macOS / mobile builds)
+try:  # public since torch 2.5
     from torch.distributed.tensor import DTensor, Replicate, Shard
-except ImportError:  # pragma: no cover - torch without distributed support
-    DTensor = None  # type: ignore[assignment,misc]
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+except ImportError:  # pragma: no cover - torch 2.4, or torch.distributed compiled out (some macOS builds)
+    try:
+        from torch.distributed._tensor import DTensor, Replicate, Shard
+        from torch.distributed._tensor._utils import compute_local_shape_and_global_offset
+    except ImportError:
+        DTensor = None  # type: ignore[assignment,misc]
 
 
 def is_dtensor(t: Any) -> bool:
@@ -194,8 +199,6 @@ def load_state(s: torch.Tensor, p: torch.Tensor, dtype: torch.dtype, where: str)
         )
     # A full float32 state (e.g. from a single-process checkpoint): keep this rank's part.
     full = s.detach().view(p.shape)
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
     shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
     part = full[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
     return state_like(p, dtype, lambda shape, dt, dev: part.to(dev, dt).clone().view(shape))
