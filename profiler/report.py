@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler.runner import RESULT_COLUMNS
+from profiler.runner import RESULT_COLUMNS, worker_env
 
 RESULTS = "results.csv"
 CURVES = "curves.csv"
@@ -152,6 +152,7 @@ def environment(device: str, device_name: str, threads: int | None = None) -> di
         "cpu_count": os.cpu_count(),
         "torch_threads": threads or torch.get_num_threads(),
         "load_avg_1m_at_start": os.getloadavg()[0],
+        "worker_env": worker_env(),
         "cuda": torch.version.cuda,
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--", "bnb8", "ext", "profiler")),

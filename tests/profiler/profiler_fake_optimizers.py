@@ -35,3 +35,10 @@ class HangOnStep(torch.optim.SGD):
 
     def step(self, closure=None):
         time.sleep(3600)
+
+
+class EnvProbe(torch.optim.SGD):
+    """Fails its first step with a message that shows the worker's OMP_WAIT_POLICY."""
+
+    def step(self, closure=None):
+        raise RuntimeError(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -112,6 +113,13 @@ def test_crashed_worker_becomes_an_error_row():
     row, _ = runner.run_isolated(_spec("profiler_fake_optimizers.CrashOnStep", {"lr": 0.1}))
     assert row["status"] == "error: worker killed by signal 9 (out of memory?)"
     assert row["key"] == "mlp/opt/seed0"
+
+
+def test_workers_wait_passively_unless_told_otherwise():
+    row, _ = runner.run_isolated(_spec("profiler_fake_optimizers.EnvProbe", {"lr": 0.1}))
+    expected = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    assert row["status"] == f"error: RuntimeError: OMP_WAIT_POLICY={expected}"
+    assert runner.worker_env()["OMP_WAIT_POLICY"] == expected  # what env.json records
 
 
 def test_hung_worker_is_killed_after_the_timeout():
