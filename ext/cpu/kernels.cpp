@@ -95,8 +95,15 @@ int64_t for_each_block(const UpdateArgs& a, Fn fn) {
   return sum;
 }
 
+// Per-state search structures built once per call: register-resident trees where AVX-512 has them.
+#if defined(BNB8_SIMD_SEARCH)
+using Trees = const SearchTree16*;
+#else
+using Trees = const void*;
+#endif
+
 template <class Rule, class T, bool Quantized, bool Bucketed>
-int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk) {
+int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused]] Trees trees) {
   constexpr int NS = Rule::kStates;
   using S = typename T::storage;
   const TensorSlot& slot = a.slots[t];
@@ -151,11 +158,15 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk) {
 #pragma omp simd reduction(max : m)
       for (int64_t i = 0; i < len; ++i) m = std::max(m, fabsf(f[i]));
       absmax[k][blk] = m;
+      uint8_t* c = codes[k];
+#if defined(BNB8_SIMD_SEARCH)
+      encode_block16<F32>(f, c, len, m, trees[k]);
+#else
       const float* thr = a.search[k].thresholds;
       const int32_t* lo = a.search[k].bucket_lo;
-      uint8_t* c = codes[k];
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) c[i] = encode<Bucketed>(f[i], m, thr, lo);
+#endif
     }
   }
   return skipped;
@@ -200,13 +211,21 @@ void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, double* uu, double
 template <class Rule, class T>
 void update_typed(const UpdateArgs& a) {
   const bool bucketed = a.search[0].bucket_lo != nullptr;
+#if defined(BNB8_SIMD_SEARCH)
+  std::vector<SearchTree16> tree_storage;
+  if (a.quantized)
+    for (int k = 0; k < Rule::kStates; ++k) tree_storage.emplace_back(a.search[k].thresholds);
+  const Trees trees = tree_storage.data();
+#else
+  const Trees trees = nullptr;
+#endif
   int64_t skipped;
   if (!a.quantized)
-    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, false, false>(a, t, b); });
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, false, false>(a, t, b, trees); });
   else if (bucketed)
-    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, true>(a, t, b); });
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, true>(a, t, b, trees); });
   else
-    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, false>(a, t, b); });
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, false>(a, t, b, trees); });
   if (a.nonfinite) *a.nonfinite += skipped;
 }
 
