@@ -292,6 +292,7 @@ SUMMARY_COLUMNS = {  # heading: (column, formatter) -- the one-screen table prin
     "peak saved": ("peak_saved", _fmt_pct),
     "step ms": ("step_ms_median", _fmt_num),
     "time ratio": ("step_time_ratio", _fmt_ratio),
+    "opt.step ratio": ("optim_time_ratio", _fmt_ratio),
     "loss ratio": ("final_loss_ratio", _fmt_ratio),
 }
 
