@@ -4,6 +4,7 @@ Every family exists as ``X`` (``optim_bits`` chooses 8 or 32, default 32 like to
 ``X32bit``; Adam-like families also as ``PagedX*``.
 """
 
+from bnb8.optim._distributed import carry_overrides
 from bnb8.optim.adagrad import Adagrad, Adagrad8bit, Adagrad32bit
 from bnb8.optim.adam import (
     Adam,
@@ -76,4 +77,5 @@ __all__ = [
     "SGD",
     "SGD32bit",
     "SGD8bit",
+    "carry_overrides",
 ]

@@ -309,21 +309,32 @@ class Optimizer8bit(torch.optim.Optimizer):
                 self._check_param(p)
                 work.append((p, self._config(gi, pi, group, p)))
         buckets: dict[tuple, list] = defaultdict(list)
+        # Parameters of one group (without overrides) share cfg, step and so rule and hyper-parameters:
+        # derive them once per (cfg, step), not per parameter.
+        kinds_of: dict[int, list[str]] = {}
+        rule_of: dict[tuple, tuple[str, tuple[float, ...]]] = {}
         for p, cfg in work:
             state = self.state[p]
-            if not state or any(key not in state for key, _ in self._state_kinds(cfg)):
+            kinds = kinds_of.get(id(cfg))
+            if kinds is None:
+                kinds = kinds_of[id(cfg)] = [key for key, _ in self._state_kinds(cfg)]
+            if not state or any(key not in state for key in kinds):
                 self._init_state(p, cfg)
             state["step"] += 1
             quantized = "state1" in state and state["state1"].dtype == torch.uint8
-            rule, hyper = self._rule(cfg, state["step"], quantized)
-            hyper["skip_zeros"] = int(bool(cfg["skip_zeros"]))
+            rule_key = (id(cfg), state["step"], quantized)
+            if rule_key not in rule_of:
+                rule, hyper = self._rule(cfg, state["step"], quantized)
+                hyper["skip_zeros"] = int(bool(cfg["skip_zeros"]))
+                rule_of[rule_key] = (rule, tuple(_native.hyper_list(**hyper)))
+            rule, hyper_values = rule_of[rule_key]
             qmaps = tuple(id(state[k]) for k in ("qmap1", "qmap2", "qmap3") if k in state)
             key = (
                 p.device,
                 p.dtype,
                 quantized,
                 rule,
-                tuple(_native.hyper_list(**hyper)),
+                hyper_values,
                 qmaps,
                 cfg["percentile_clipping"],
                 cfg["max_unorm"],
