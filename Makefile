@@ -12,7 +12,7 @@ BENCH_STAMP := $(shell date -u +%Y%m%d-%H%M%S)
 BENCH_JSON  ?= .benchmarks/bench-$(BENCH_STAMP).json
 BENCH_ARGS  ?=
 GATE_ARGS   ?=
-BENCH_BASELINE_RUNS ?= 3
+BENCH_BASELINE_RUNS ?= 5
 BENCH_PYTEST = $(PY) -m pytest -m benchmark tests/benchmarks --benchmark-only -p no:randomly -p no:cacheprovider -q $(BENCH_ARGS)
 
 .PHONY: venv install ext test test-slow test-all lint format bench bench-baseline wheel run gpu-check gpu-bench clean
@@ -55,7 +55,7 @@ bench: install
 	$(BENCH_PYTEST) --benchmark-json=$(BENCH_JSON)
 	$(PY) -m tests.benchmarks.gate $(BENCH_JSON) --rerun 2 $(GATE_ARGS)
 
-# Deliberately refresh the baseline: median ratio of each benchmark over BENCH_BASELINE_RUNS runs.
+# Deliberately refresh the baseline: median ratio of each benchmark over BENCH_BASELINE_RUNS (5) runs.
 bench-baseline: install
 	@mkdir -p .benchmarks
 	for i in $$(seq $(BENCH_BASELINE_RUNS)); do \

@@ -233,3 +233,18 @@ def test_bench_report_rejects_non_benchmark_json(tmp_path, capsys):
     (tmp_path / "x.json").write_text("[]")
     assert profiler_main(["bench-report", str(tmp_path / "x.json"), "--out", str(tmp_path / "o")]) == 2
     assert "not a pytest-benchmark JSON" in capsys.readouterr().err
+
+
+def test_failure_names_a_changed_measurement_setup(tmp_path, capsys):
+    """A regression measured differently from the baseline (another ISA, an injected slowdown) says so."""
+    baseline = tmp_path / "baseline.json"
+    entry = {"ratio": 2.0, "device": "cpu", "isa": "avx512", "threads": 1, "timer": "cpu", "slowdown": 1.0}
+    baseline.write_text(json.dumps({"margin": 0.3, "benchmarks": {"adam8bit-16M-fp32-cpu": entry}}))
+    path = result_json(tmp_path / "r.json", {"adam8bit-16M-fp32-cpu": 5.0})
+    data = json.loads(path.read_text())
+    data["benchmarks"][0]["extra_info"].update(isa="generic", threads=1, timer="cpu", slowdown=1.0)
+    path.write_text(json.dumps(data))
+    code, out = run_gate(capsys, path, baseline)
+    assert code == 1
+    assert "measured differently: isa generic (baseline avx512)" in out
+    assert "threads 1" not in out

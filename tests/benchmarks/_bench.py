@@ -10,7 +10,8 @@ kernel median / reference median, never an absolute time.
 - ``gate_key``   stable name of the measurement, e.g. ``adam8bit-16M-fp32-cpu``;
 - ``ratio``      kernel median / reference median (lower is faster);
 - ``reference``  what the kernel was compared with, e.g. ``torch.optim.Adam(fused=True)``;
-- ``bytes_moved`` bytes one kernel call reads and writes; ``gbps`` = bytes_moved / kernel median;
+- ``bytes_moved`` bytes one kernel call reads and writes; ``gbps`` = bytes_moved / kernel median
+  (per CPU-second with the ``cpu`` timer);
 - ``device``, ``kernel_median_s``, ``reference_median_s``, ``threads``, ``isa``: context for reports.
 
 Environment (read here only, never by the library):

@@ -39,7 +39,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
 DEFAULT_MARGIN = 0.30
 SCHEMA = 1
-SETUP_KEYS = ("isa", "threads", "timer")  # how a ratio was measured: a difference is named on failure
+SETUP_KEYS = (
+    "isa",
+    "threads",
+    "timer",
+    "slowdown",
+)  # how a ratio was measured: named on failure when changed
 
 
 class GateError(Exception):
