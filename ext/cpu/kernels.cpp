@@ -141,8 +141,9 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
     const float u = Rule::direction(gi, pi, s, h);
     // A non-finite (or, with skip_zeros, zero) gradient element leaves its parameter and states as they were.
     const bool ok = updates_element(gi, h);
-    const S updated = T::store(apply_update(pi, u, uscale, h));
-    p[i] = ok ? updated : p[i];
+    // Select in fp32, then store: a 16-bit select would keep GCC from vectorising. A skipped element
+    // is stored back unchanged (load/store round-trips every finite and infinite value exactly).
+    p[i] = T::store(ok ? apply_update(pi, u, uscale, h) : pi);
     for (int k = 0; k < NS; ++k) {
       const float v = ok ? s[k] : s_old[k];
       if constexpr (Quantized) fresh[k][i] = v;

@@ -67,25 +67,39 @@ struct BF16 {
   }
 };
 
+// IEEE half. On the host the conversions are written with integer and float ops that vectorise
+// (GCC cannot vectorise _Float16 conversions without AVX512-FP16); they are exact, round to nearest
+// even, and keep Inf/NaN — tests/test_functional.py checks every half value against torch.
 struct F16 {
   using storage = uint16_t;
   BNB8_HD static float load(uint16_t v) {
 #if defined(__CUDA_ARCH__)
     return __half2float(__ushort_as_half(v));
 #else
-    _Float16 h;
-    memcpy(&h, &v, 2);
-    return float(h);
+    const uint32_t h = v;
+    const uint32_t em = h & 0x7FFFu;  // exponent and mantissa
+    // Shifted into float position and scaled by 2^112 this is exact for normals and subnormals alike.
+    float mag = bits_to_float(em << 13) * bits_to_float(0x77800000u);
+    mag = em >= 0x7C00u ? bits_to_float((em << 13) | 0x7F800000u) : mag;  // Inf, NaN
+    return bits_to_float(float_to_bits(mag) | ((h & 0x8000u) << 16));
 #endif
   }
   BNB8_HD static uint16_t store(float v) {
 #if defined(__CUDA_ARCH__)
     return __half_as_ushort(__float2half_rn(v));
 #else
-    _Float16 h = _Float16(v);
-    uint16_t u;
-    memcpy(&u, &h, 2);
-    return u;
+    const uint32_t bits = float_to_bits(v);
+    const uint32_t sign = (bits >> 16) & 0x8000u;
+    const uint32_t f = bits & 0x7FFFFFFFu;
+    // |v| >= 65520 rounds to Inf; NaN stays a (quiet) NaN.
+    const uint32_t big = f > 0x7F800000u ? 0x7E00u : 0x7C00u;
+    // Below the smallest normal half: let a float addition do the rounding to a multiple of 2^-24.
+    const uint32_t denorm_magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+    const uint32_t small = float_to_bits(bits_to_float(f) + bits_to_float(denorm_magic)) - denorm_magic;
+    // Normal: rebias the exponent and round the 13 dropped mantissa bits to nearest even.
+    const uint32_t normal = (f + ((15u - 127u) << 23) + 0xFFFu + ((f >> 13) & 1u)) >> 13;
+    const uint32_t out = f >= (143u << 23) ? big : (f < (113u << 23) ? small : normal);
+    return uint16_t(out | sign);
 #endif
   }
 };
