@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bnb8.optim.optimizer import Optimizer8bit, check_betas, check_eps, check_lr, check_weight_decay
+from bnb8.optim.optimizer import (
+    Optimizer8bit,
+    check_betas,
+    check_eps,
+    check_lr,
+    check_weight_decay,
+    common_args,
+)
 
 _COMMON_ARGS_DOC = """
         optim_bits (int, optional): 8 for block-wise 8-bit state, 32 for float32 state (default: {bits}).
@@ -59,19 +66,7 @@ class _AdamBase(Optimizer8bit):
                 "capturable=True and differentiable=True are not supported by bnb8 optimizers; leave them False"
             )
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
-        super().__init__(
-            params,
-            defaults,
-            optim_bits=optim_bits,
-            args=args,
-            min_8bit_size=min_8bit_size,
-            percentile_clipping=percentile_clipping,
-            block_wise=block_wise,
-            max_unorm=max_unorm,
-            skip_zeros=skip_zeros,
-            is_paged=is_paged,
-            maximize=maximize,
-        )
+        super().__init__(params, defaults, **common_args(locals()))
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_lr(group["lr"])

@@ -8,7 +8,14 @@ from typing import Any
 import torch
 
 from bnb8.optim.adam import _COMMON_ARGS_DOC, fixed_variant
-from bnb8.optim.optimizer import Optimizer8bit, check_betas, check_eps, check_lr, check_weight_decay
+from bnb8.optim.optimizer import (
+    Optimizer8bit,
+    check_betas,
+    check_eps,
+    check_lr,
+    check_weight_decay,
+    common_args,
+)
 
 
 def _check_period(name: str, value: Any) -> None:
@@ -70,19 +77,7 @@ class AdEMAMix(Optimizer8bit):
             eps=eps,
             weight_decay=weight_decay,
         )
-        super().__init__(
-            params,
-            defaults,
-            optim_bits=optim_bits,
-            args=args,
-            min_8bit_size=min_8bit_size,
-            percentile_clipping=percentile_clipping,
-            block_wise=block_wise,
-            max_unorm=max_unorm,
-            skip_zeros=skip_zeros,
-            is_paged=is_paged,
-            maximize=maximize,
-        )
+        super().__init__(params, defaults, **common_args(locals()))
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_lr(group["lr"])

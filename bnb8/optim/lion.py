@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnb8.optim.adam import _COMMON_ARGS_DOC, fixed_variant
-from bnb8.optim.optimizer import Optimizer8bit, check_betas, check_lr, check_weight_decay
+from bnb8.optim.optimizer import Optimizer8bit, check_betas, check_lr, check_weight_decay, common_args
 
 
 class Lion(Optimizer8bit):
@@ -41,19 +41,7 @@ class Lion(Optimizer8bit):
         maximize: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-        super().__init__(
-            params,
-            defaults,
-            optim_bits=optim_bits,
-            args=args,
-            min_8bit_size=min_8bit_size,
-            percentile_clipping=percentile_clipping,
-            block_wise=block_wise,
-            max_unorm=max_unorm,
-            skip_zeros=skip_zeros,
-            is_paged=is_paged,
-            maximize=maximize,
-        )
+        super().__init__(params, defaults, **common_args(locals()))
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_lr(group["lr"])

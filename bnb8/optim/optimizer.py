@@ -59,6 +59,25 @@ COMMON_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Constructor arguments every family takes and forwards unchanged to Optimizer8bit.__init__.
+COMMON_ARGS = (
+    "optim_bits",
+    "args",
+    "min_8bit_size",
+    "percentile_clipping",
+    "block_wise",
+    "max_unorm",
+    "skip_zeros",
+    "is_paged",
+    "maximize",
+)
+
+
+def common_args(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The common settings among a family constructor's arguments: ``**common_args(locals())``."""
+    return {key: arguments[key] for key in COMMON_ARGS if key in arguments}
+
+
 def _check_common(cfg: dict[str, Any]) -> None:
     if cfg["optim_bits"] not in (8, 32):
         raise ValueError(f"optim_bits: expected 8 or 32, got {cfg['optim_bits']!r}")
