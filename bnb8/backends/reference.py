@@ -16,20 +16,15 @@ BLOCK = 256  # optimizer-state quantization block (bnb8::kOptimBlock)
 Rule = Callable[[Tensor, Tensor, list[Tensor], dict], tuple[Tensor, list[Tensor]]]
 
 
-def _with_weight_decay(g: Tensor, p: Tensor, h: dict) -> Tensor:
-    """Coupled (L2) weight decay, skipped when 0 (bnb8::with_weight_decay)."""
-    return g + h["weight_decay"] * p if h["weight_decay"] != 0 else g
-
-
 def _adam(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = _with_weight_decay(g, p, h)
+    g = g + h["weight_decay"] * p
     m = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
     v = h["beta2"] * s[1] + (1.0 - h["beta2"]) * g * g
     return m / (v.sqrt() / h["bias_correction2_sqrt"] + h["eps"]), [m, v]
 
 
 def _adam_amsgrad(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = _with_weight_decay(g, p, h)
+    g = g + h["weight_decay"] * p
     m = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
     v = h["beta2"] * s[1] + (1.0 - h["beta2"]) * g * g
     vmax = torch.maximum(s[2], v)
@@ -37,19 +32,19 @@ def _adam_amsgrad(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tenso
 
 
 def _sgd(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = _with_weight_decay(g, p, h)
+    g = g + h["weight_decay"] * p
     buf = g if h["step"] == 1 else h["momentum"] * s[0] + (1.0 - h["dampening"]) * g
     return (g + h["momentum"] * buf if h["nesterov"] else buf), [buf]
 
 
 def _sgd_plain(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
     """SGD without momentum: no state, so no native kernel (a rule needs at least one state)."""
-    return _with_weight_decay(g, p, h), []
+    return g + h["weight_decay"] * p, []
 
 
 def _rmsprop_rule(centered: bool, momentum: bool) -> Rule:
     def rule(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-        g = _with_weight_decay(g, p, h)
+        g = g + h["weight_decay"] * p
         v = h["alpha"] * s[0] + (1.0 - h["alpha"]) * g * g
         new, var = [v], v
         if momentum:
@@ -68,7 +63,7 @@ def _rmsprop_rule(centered: bool, momentum: bool) -> Rule:
 
 
 def _adagrad(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = _with_weight_decay(g, p, h)
+    g = g + h["weight_decay"] * p
     acc = s[0] + g * g
     return g / (acc.sqrt() + h["eps"]), [acc]
 
@@ -80,7 +75,7 @@ def _lion(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[
 
 
 def _lamb(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = _with_weight_decay(g, p, h)
+    g = g + h["weight_decay"] * p
     m = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
     v = h["beta2"] * s[1] + (1.0 - h["beta2"]) * g * g
     return m / (v.sqrt() / h["bias_correction2_sqrt"] + h["eps"]) + h["alpha"] * p, [m, v]

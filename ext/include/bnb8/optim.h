@@ -32,12 +32,6 @@ struct Hyper {
 // and not for a zero gradient when skip_zeros is set.
 BNB8_HD bool updates_element(float g, const Hyper& h) { return is_finite(g) && !(h.skip_zeros && g == 0.0f); }
 
-// Coupled (L2) weight decay added to the gradient — skipped when 0, as torch does, so that an
-// infinite parameter does not turn its update into NaN through 0 * Inf.
-BNB8_HD float with_weight_decay(float g, float p, const Hyper& h) {
-  return h.weight_decay != 0.0f ? g + h.weight_decay * p : g;
-}
-
 BNB8_HD float apply_update(float p, float u, float uscale, const Hyper& h) {
   return p * h.decay - h.step_size * uscale * u;
 }
@@ -48,7 +42,7 @@ struct AdamRule {
   static constexpr const char* kName = "adam";
   static constexpr int kStates = 2;
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
-    g = with_weight_decay(g, p, h);
+    g += h.weight_decay * p;
     s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
     s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
     return s[0] / (sqrtf(s[1]) / h.bias_correction2_sqrt + h.eps);
@@ -60,7 +54,7 @@ struct AdamAmsgradRule {
   static constexpr const char* kName = "adam_amsgrad";
   static constexpr int kStates = 3;
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
-    g = with_weight_decay(g, p, h);
+    g += h.weight_decay * p;
     s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
     s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
     s[2] = s[2] > s[1] ? s[2] : s[1];  // max; a ternary vectorises, fmaxf does not
@@ -75,7 +69,7 @@ struct SgdRule {
   static constexpr const char* kName = "sgd";
   static constexpr int kStates = 1;
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
-    g = with_weight_decay(g, p, h);
+    g += h.weight_decay * p;
     s[0] = h.step == 1 ? g : h.momentum * s[0] + (1.0f - h.dampening) * g;
     return h.nesterov ? g + h.momentum * s[0] : s[0];
   }
@@ -90,7 +84,7 @@ struct RMSpropRuleT {
                                                  : (kMomentum ? "rmsprop_momentum" : "rmsprop");
   static constexpr int kStates = 1 + int(kCentered) + int(kMomentum);
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
-    g = with_weight_decay(g, p, h);
+    g += h.weight_decay * p;
     s[0] = h.alpha * s[0] + (1.0f - h.alpha) * g * g;
     float var = s[0];
     if constexpr (kCentered) {
@@ -118,7 +112,7 @@ struct AdagradRule {
   static constexpr const char* kName = "adagrad";
   static constexpr int kStates = 1;
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
-    g = with_weight_decay(g, p, h);
+    g += h.weight_decay * p;
     s[0] += g * g;
     return g / (sqrtf(s[0]) + h.eps);
   }
@@ -144,7 +138,7 @@ struct LambRule {
   static constexpr const char* kName = "lamb";
   static constexpr int kStates = 2;
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
-    g = with_weight_decay(g, p, h);
+    g += h.weight_decay * p;
     s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
     s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
     return s[0] / (sqrtf(s[1]) / h.bias_correction2_sqrt + h.eps) + h.alpha * p;
