@@ -33,7 +33,7 @@ def _adam_amsgrad(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tenso
 
 def _sgd(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
     g = g + h["weight_decay"] * p
-    buf = g if h["step"] == 1 else h["momentum"] * s[0] + (1.0 - h["dampening"]) * g
+    buf = h["momentum"] * s[0] + (1.0 - h["dampening"]) * g  # step 1: s = 0 and dampening = 0, so buf = g
     return (g + h["momentum"] * buf if h["nesterov"] else buf), [buf]
 
 

@@ -83,9 +83,10 @@ class SGD(Optimizer8bit):
             lr=cfg["lr"],
             weight_decay=cfg["weight_decay"],
             momentum=cfg["momentum"],
-            dampening=cfg["dampening"],
+            # torch starts the buffer at the gradient itself: with the zero state, no dampening on step 1.
+            dampening=0.0 if step == 1 else cfg["dampening"],
             nesterov=int(bool(cfg["nesterov"])),
-            step=min(step, 2),  # the rule only tells the first step apart: one bucket for all later steps
+            step=min(step, 2),  # the first step differs: one bucket for all later steps
         )
         return "sgd", hyper
 
