@@ -86,6 +86,18 @@ def test_baseline_holds_median_ratio_and_margin(baseline):
     assert data["benchmarks"]["adam8bit-16M-fp32-cuda"]["device"] == "cuda"
 
 
+def test_baseline_of_a_key_noisier_than_the_margin_is_its_slowest_run(tmp_path):
+    runs = [
+        result_json(tmp_path / f"noisy{i}.json", {"steady-cpu": 2.0 + 0.1 * i, "bimodal-cpu": r})
+        for i, r in enumerate([2.6, 2.6, 3.6, 2.6, 2.6])
+    ]
+    path = tmp_path / "baseline.json"
+    assert gate.main([*map(str, runs), "--write-baseline", "--baseline", str(path), "--margin", "0.3"]) == 0
+    data = json.loads(path.read_text())["benchmarks"]
+    assert data["steady-cpu"]["ratio"] == 2.2  # median: spread 20 % <= margin
+    assert data["bimodal-cpu"]["ratio"] == 3.6  # spread 38 % > margin: its slowest run
+
+
 def test_unchanged_ratios_pass(tmp_path, baseline, capsys):
     result = result_json(tmp_path / "r.json", {"adam8bit-16M-fp32-cpu": 2.4, "adam32bit-16M-fp32-cpu": 0.9})
     code, out = run_gate(capsys, result, baseline)
