@@ -209,14 +209,9 @@ def _transformer_heads(dim: int) -> int:
     return max(1, dim // 32)
 
 
-def build_gpt(
-    *, width: float, depth: int, batch_size: int, seed: int, device: str, seq_len: int = 64
-) -> Workload:
-    """Decoder-only byte-level transformer (GPT-style, bnb8.nn.StableEmbedding) on stdlib source text."""
-    dim, layers = _hidden(64, width), 2 * depth
-    model = ByteTransformer(256, dim, layers, _transformer_heads(dim), seq_len, causal=True, stable=True).to(
-        device
-    )
+def _next_byte_workload(model: nn.Module, batch_size: int, seq_len: int, seed: int, device: str) -> Workload:
+    """Next-byte prediction on stdlib source text (the GPT and LSTM language models): training windows
+    drawn per step from the seed, four fixed held-out windows."""
     train, held = _text_split(stdlib_text())
 
     def batch(step: int) -> tuple:
@@ -231,6 +226,17 @@ def build_gpt(
         w = _text_windows(held, batch_size, seq_len, _rng(12345, i)).to(device)
         evals.append((w[:, :-1], w[:, 1:]))
     return Workload(model, batch, loss, evals)
+
+
+def build_gpt(
+    *, width: float, depth: int, batch_size: int, seed: int, device: str, seq_len: int = 64
+) -> Workload:
+    """Decoder-only byte-level transformer (GPT-style, bnb8.nn.StableEmbedding) on stdlib source text."""
+    dim, layers = _hidden(64, width), 2 * depth
+    model = ByteTransformer(256, dim, layers, _transformer_heads(dim), seq_len, causal=True, stable=True).to(
+        device
+    )
+    return _next_byte_workload(model, batch_size, seq_len, seed, device)
 
 
 MASK_ID = 256
@@ -287,20 +293,7 @@ def build_lstm(
 ) -> Workload:
     """Byte-level LSTM language model on stdlib source text."""
     model = ByteLSTM(_hidden(128, width), 1 + depth).to(device)
-    train, held = _text_split(stdlib_text())
-
-    def batch(step: int) -> tuple:
-        w = _text_windows(train, batch_size, seq_len, _rng(seed, step)).to(device)
-        return w[:, :-1], w[:, 1:]
-
-    def loss(b: tuple) -> torch.Tensor:
-        return F.cross_entropy(model(b[0]).flatten(0, 1), b[1].flatten())
-
-    evals = []
-    for i in range(4):
-        w = _text_windows(held, batch_size, seq_len, _rng(12345, i)).to(device)
-        evals.append((w[:, :-1], w[:, 1:]))
-    return Workload(model, batch, loss, evals)
+    return _next_byte_workload(model, batch_size, seq_len, seed, device)
 
 
 def _glyph_workload(model: nn.Module, batch_size: int, seed: int, device: str, size: int) -> Workload:
