@@ -16,19 +16,23 @@ BLOCK = 256  # optimizer-state quantization block (bnb8::kOptimBlock)
 Rule = Callable[[Tensor, Tensor, list[Tensor], dict], tuple[Tensor, list[Tensor]]]
 
 
+def _adam_moments(g: Tensor, m: Tensor, v: Tensor, h: dict) -> tuple[Tensor, Tensor]:
+    return h["beta1"] * m + (1.0 - h["beta1"]) * g, h["beta2"] * v + (1.0 - h["beta2"]) * g * g
+
+
+def _adam_direction(m: Tensor, v: Tensor, h: dict) -> Tensor:
+    return m / (v.sqrt() / h["bias_correction2_sqrt"] + h["eps"])
+
+
 def _adam(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = g + h["weight_decay"] * p
-    m = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
-    v = h["beta2"] * s[1] + (1.0 - h["beta2"]) * g * g
-    return m / (v.sqrt() / h["bias_correction2_sqrt"] + h["eps"]), [m, v]
+    m, v = _adam_moments(g + h["weight_decay"] * p, s[0], s[1], h)
+    return _adam_direction(m, v, h), [m, v]
 
 
 def _adam_amsgrad(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = g + h["weight_decay"] * p
-    m = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
-    v = h["beta2"] * s[1] + (1.0 - h["beta2"]) * g * g
+    m, v = _adam_moments(g + h["weight_decay"] * p, s[0], s[1], h)
     vmax = torch.maximum(s[2], v)
-    return m / (vmax.sqrt() / h["bias_correction2_sqrt"] + h["eps"]), [m, v, vmax]
+    return _adam_direction(m, vmax, h), [m, v, vmax]
 
 
 def _sgd(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
@@ -75,17 +79,14 @@ def _lion(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[
 
 
 def _lamb(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = g + h["weight_decay"] * p
-    m = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
-    v = h["beta2"] * s[1] + (1.0 - h["beta2"]) * g * g
-    return m / (v.sqrt() / h["bias_correction2_sqrt"] + h["eps"]) + h["alpha"] * p, [m, v]
+    m, v = _adam_moments(g + h["weight_decay"] * p, s[0], s[1], h)
+    return _adam_direction(m, v, h) + h["alpha"] * p, [m, v]
 
 
 def _ademamix(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    m1 = h["beta1"] * s[0] + (1.0 - h["beta1"]) * g
-    nu = h["beta2"] * s[1] + (1.0 - h["beta2"]) * g * g
+    m1, nu = _adam_moments(g, s[0], s[1], h)
     m2 = h["beta3"] * s[2] + (1.0 - h["beta3"]) * g
-    return (m1 + h["alpha"] * m2) / (nu.sqrt() / h["bias_correction2_sqrt"] + h["eps"]), [m1, nu, m2]
+    return _adam_direction(m1 + h["alpha"] * m2, nu, h), [m1, nu, m2]
 
 
 # Rule name (as in ext/include/bnb8/optim.h kName) -> reference implementation.

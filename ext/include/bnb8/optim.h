@@ -36,6 +36,14 @@ BNB8_HD float apply_update(float p, float u, float uscale, const Hyper& h) {
   return p * h.decay - h.step_size * uscale * u;
 }
 
+// The moving average and the bias-corrected direction of Adam, shared by the Adam-like rules.
+// Plain value functions: a helper writing through float& references made GCC's loop 1.7x slower.
+BNB8_HD float ema(float beta, float average, float x) { return beta * average + (1.0f - beta) * x; }
+
+BNB8_HD float adam_direction(float m, float v, const Hyper& h) {
+  return m / (sqrtf(v) / h.bias_correction2_sqrt + h.eps);
+}
+
 // Adam / AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019): state 0 = first moment (signed map),
 // state 1 = second moment (unsigned map). Coupled L2 decay enters the gradient, as in torch.optim.Adam.
 struct AdamRule {
@@ -43,9 +51,9 @@ struct AdamRule {
   static constexpr int kStates = 2;
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
     g += h.weight_decay * p;
-    s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
-    s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
-    return s[0] / (sqrtf(s[1]) / h.bias_correction2_sqrt + h.eps);
+    s[0] = ema(h.beta1, s[0], g);
+    s[1] = ema(h.beta2, s[1], g * g);
+    return adam_direction(s[0], s[1], h);
   }
 };
 
@@ -55,10 +63,10 @@ struct AdamAmsgradRule {
   static constexpr int kStates = 3;
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
     g += h.weight_decay * p;
-    s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
-    s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
+    s[0] = ema(h.beta1, s[0], g);
+    s[1] = ema(h.beta2, s[1], g * g);
     s[2] = s[2] > s[1] ? s[2] : s[1];  // max; a ternary vectorises, fmaxf does not
-    return s[0] / (sqrtf(s[2]) / h.bias_correction2_sqrt + h.eps);
+    return adam_direction(s[0], s[2], h);
   }
 };
 
@@ -143,9 +151,9 @@ struct LambRule {
   static constexpr int kStates = 2;
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
     g += h.weight_decay * p;
-    s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
-    s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
-    return s[0] / (sqrtf(s[1]) / h.bias_correction2_sqrt + h.eps) + h.alpha * p;
+    s[0] = ema(h.beta1, s[0], g);
+    s[1] = ema(h.beta2, s[1], g * g);
+    return adam_direction(s[0], s[1], h) + h.alpha * p;
   }
 };
 
@@ -157,10 +165,10 @@ struct AdEMAMixRule {
   static constexpr const char* kName = "ademamix";
   static constexpr int kStates = 3;
   BNB8_HD static float direction(float g, float, float (&s)[kStates], const Hyper& h) {
-    s[0] = h.beta1 * s[0] + (1.0f - h.beta1) * g;
-    s[1] = h.beta2 * s[1] + (1.0f - h.beta2) * g * g;
-    s[2] = h.beta3 * s[2] + (1.0f - h.beta3) * g;
-    return (s[0] + h.alpha * s[2]) / (sqrtf(s[1]) / h.bias_correction2_sqrt + h.eps);
+    s[0] = ema(h.beta1, s[0], g);
+    s[1] = ema(h.beta2, s[1], g * g);
+    s[2] = ema(h.beta3, s[2], g);
+    return adam_direction(s[0] + h.alpha * s[2], s[1], h);
   }
 };
 
