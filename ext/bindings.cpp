@@ -131,6 +131,10 @@ PYBIND11_MODULE(_C, m) {
   m.attr("BUCKET_MANTISSA_BITS") = kBucketMantissaBits;
   m.def("rules", &rules, "[(name, number of states)] in rule-index order");
   m.def("cpu_isa", &cpu::isa, "instruction set of the CPU kernels in use: avx512, avx2 or generic");
+  m.def(
+      "cpu_search_runs", [](uintptr_t thresholds) { return cpu::search_runs(ptr<float>(thresholds)); },
+      "(address of 256 float32 thresholds) -> equal-spacing runs the AVX-512 search uses for them; "
+      "0: it uses its tree, -1: the CPU variant in use has no run search");
 
   py::class_<Hyper>(m, "Hyper")
       .def(py::init<>())

@@ -302,6 +302,69 @@ def test_every_cpu_variant_gives_the_same_codes(isa, tmp_path):
         assert torch.equal(other[name], F.quantize_blockwise(x, code=code, blocksize=bs)[0]), name
 
 
+# ----------------------------------------------------------------------------------------------------
+# the AVX-512 run search (ext/cpu/simd_search.h): round(y * inv_step - offset) within runs of equally
+# spaced thresholds, with the register tree for lanes near a threshold and for tables without such runs
+
+needs_run_search = pytest.mark.skipif(
+    bnb8._C.cpu_isa() != "avx512",
+    reason="the run search belongs to the AVX-512 variant; this CPU runs another",
+)
+
+
+def search_runs(code: torch.Tensor) -> int:
+    thresholds, _ = F.code_search_tables(code)
+    return bnb8._C.cpu_search_runs(thresholds.data_ptr())
+
+
+@needs_run_search
+def test_run_search_covers_the_dynamic_and_linear_maps():
+    # One run per decade of each sign, plus the codes 0 and 1 — so the tests below exercise it.
+    assert search_runs(F.create_dynamic_map(signed=True)) == 14
+    assert search_runs(F.create_dynamic_map(signed=False)) == 8
+    assert search_runs(linear_map()) == 1
+    assert search_runs(clustered_map()) == 0  # more runs than two registers hold: the tree alone
+
+
+def float32_sweep(stride: int, offset: int = 0) -> torch.Tensor:
+    """Every stride-th float32 in [-1, 1] by bit pattern (both signs, zeros, denormals), in blocks of
+    4096 that each start with 1.0, so absmax is 1 and y = x exactly."""
+    one = 0x3F800000
+    mags = torch.arange(offset, one + 1, stride, dtype=torch.int64)
+    bits = torch.cat([mags, mags | (1 << 31)])
+    x = (bits - ((bits >> 31) << 32)).to(torch.int32).view(torch.float32).clone()
+    n = (x.numel() + 4095) // 4096 * 4096
+    out = torch.ones(n)
+    out.view(-1, 4096)[:, 1:].reshape(-1)[: x.numel()] = x[: n // 4096 * 4095]
+    return out
+
+
+def assert_counts_thresholds(x: torch.Tensor, code: torch.Tensor) -> None:
+    """Against the definition the kernels implement: the number of thresholds below y."""
+    thresholds, _ = F.code_search_tables(code)
+    codes, state = F.quantize_blockwise(x, code=code, blocksize=4096)
+    assert bool((state.absmax == 1).all())
+    want = torch.searchsorted(thresholds, x, side="left")
+    wrong = (codes.long() != want).nonzero().flatten()
+    assert wrong.numel() == 0, (
+        f"{wrong.numel()} wrong; first y={x[wrong[0]].item()!r}: {codes[wrong[0]]} vs {want[wrong[0]]}"
+    )
+
+
+@pytest.mark.parametrize("map_name", list(MAPS))
+def test_quantize_exact_over_a_sweep_of_float32_bit_patterns(map_name):
+    assert_counts_thresholds(float32_sweep(stride=4093, offset=1000), MAPS[map_name]())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("map_name", list(MAPS))
+def test_quantize_exact_over_a_dense_sweep_of_float32_bit_patterns(map_name):
+    # 2 x 2 x 20M values per map; the full sweep (stride 1, 2.1e9 values) passed too, in ~100 s per map.
+    code = MAPS[map_name]()
+    for offset in (0, 26):
+        assert_counts_thresholds(float32_sweep(stride=53, offset=offset), code)
+
+
 def test_bitsandbytes_cpu_misses_nearest_codes_bnb8_does_not(record_property):
     """A measurement, not an assumption: the share of small values bitsandbytes' CPU path rounds to a
     code that is not the nearest one, next to bnb8's share (which must be zero)."""

@@ -58,5 +58,6 @@ void quantize_blockwise(const QuantizeArgs& a) { BNB8_ROUTE(quantize_blockwise, 
 void dequantize_blockwise(const QuantizeArgs& a) { BNB8_ROUTE(dequantize_blockwise, a) }
 void optimizer_update(const UpdateArgs& a) { BNB8_ROUTE(optimizer_update, a) }
 void optimizer_norms(const UpdateArgs& a) { BNB8_ROUTE(optimizer_norms, a) }
+int search_runs(const float* thresholds) { BNB8_ROUTE(search_runs, thresholds) }
 
 }  // namespace bnb8::cpu

@@ -28,7 +28,7 @@ void quantize_impl(const QuantizeArgs& a) {
   const int64_t bs = a.blocksize, nblocks = (a.n + bs - 1) / bs;
   const CodeSearch cs = a.search;
 #if defined(BNB8_SIMD_SEARCH)
-  const SearchTree16 tree(cs.thresholds);  // the whole table in registers: no gathers (simd_search.h)
+  const Search16 search(cs.thresholds);  // tables in registers: no gathers (simd_search.h)
 #endif
 #pragma omp parallel for num_threads(a.num_threads) schedule(static) if (nblocks >= kMinParallelBlocks)
   for (int64_t b = 0; b < nblocks; ++b) {
@@ -46,7 +46,7 @@ void quantize_impl(const QuantizeArgs& a) {
     absmax[b] = m;
     uint8_t* cb = codes + start;
 #if defined(BNB8_SIMD_SEARCH)
-    encode_block16<T>(xb, cb, len, m, tree);
+    encode_block16<T>(xb, cb, len, m, search);
 #else
     const float* thr = cs.thresholds;
     const int32_t* lo = cs.bucket_lo;
@@ -97,7 +97,7 @@ int64_t for_each_block(const UpdateArgs& a, Fn fn) {
 
 // Per-state search structures built once per call: register-resident trees where AVX-512 has them.
 #if defined(BNB8_SIMD_SEARCH)
-using Trees = const SearchTree16*;
+using Trees = const Search16*;
 #else
 using Trees = const void*;
 #endif
@@ -213,7 +213,7 @@ template <class Rule, class T>
 void update_typed(const UpdateArgs& a) {
   const bool bucketed = a.search[0].bucket_lo != nullptr;
 #if defined(BNB8_SIMD_SEARCH)
-  std::vector<SearchTree16> tree_storage;
+  std::vector<Search16> tree_storage;
   if (a.quantized)
     for (int k = 0; k < Rule::kStates; ++k) tree_storage.emplace_back(a.search[k].thresholds);
   const Trees trees = tree_storage.data();
@@ -298,5 +298,13 @@ void quantize_blockwise(const QuantizeArgs& a) { by_dtype<Quantize>(a); }
 void dequantize_blockwise(const QuantizeArgs& a) { by_dtype<Dequantize>(a); }
 void optimizer_update(const UpdateArgs& a) { by_rule_and_dtype<Update>(a.rule, a.dtype, a); }
 void optimizer_norms(const UpdateArgs& a) { by_rule_and_dtype<Norms>(a.rule, a.dtype, a); }
+#if defined(BNB8_SIMD_SEARCH)
+int search_runs(const float* thresholds) {
+  const SegmentSearch16 runs(thresholds);
+  return runs.usable ? runs.num_runs : 0;
+}
+#else
+int search_runs(const float*) { return -1; }
+#endif
 
 }  // namespace bnb8::cpu::BNB8_ISA

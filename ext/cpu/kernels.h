@@ -12,6 +12,7 @@ namespace bnb8::cpu {
   void dequantize_blockwise(const QuantizeArgs& a); \
   void optimizer_update(const UpdateArgs& a);       \
   void optimizer_norms(const UpdateArgs& a);        \
+  int search_runs(const float* thresholds);         \
   }
 BNB8_CPU_DECLARE(generic)
 #if defined(BNB8_HAVE_X86_VARIANTS)
@@ -28,5 +29,10 @@ void quantize_blockwise(const QuantizeArgs& a);
 void dequantize_blockwise(const QuantizeArgs& a);
 void optimizer_update(const UpdateArgs& a);
 void optimizer_norms(const UpdateArgs& a);
+
+// How the variant in use searches this threshold table (256 float32 on the host): the number of
+// equal-spacing runs of the AVX-512 run search (simd_search.h), 0 when that search falls back to its
+// tree for this table, -1 when the variant has no run search. For tests and benchmarks.
+int search_runs(const float* thresholds);
 
 }  // namespace bnb8::cpu

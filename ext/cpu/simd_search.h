@@ -17,6 +17,8 @@
 #define BNB8_SIMD_SEARCH 1
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <type_traits>
 
 namespace bnb8::cpu {
@@ -66,6 +68,138 @@ struct SearchTree16 {
   }
 };
 
+// The same count in fewer steps when the thresholds fall in runs of equal spacing, as the dynamic maps'
+// do (one run per decade of each sign): within a run [lo, hi] of codes, the thresholds lie on the line
+// A(t[k]) = k + 0.5 of an affine A(y) = y * inv_step - offset, so the index is round(A(y)) clamped to
+// [lo, hi]. A float32 A(y) is within 2^-16 of the true one and the line fits every threshold within
+// 2^-14 (checked when the table is built), so whenever A(y) is more than kTieMargin from a half-integer
+// the rounded value is the exact count; a vector with a lane closer than that (about 1 in 100 vectors
+// on random data, every one on exact midpoints) is recomputed with the tree.
+// The run holding y is found without a search: |y|'s float exponent, two binades per bucket, picks the
+// run at the bucket's low end and the one threshold where the bucket crosses into the next run.
+struct SegmentSearch16 {
+  static constexpr int kMaxRuns = 32;       // a permute of two registers holds 32 entries
+  static constexpr int kBuckets = 16;       // per sign: |y| in [2^(2b-31), 2^(2b-29)), b = 0 also holds 0
+  static constexpr double kFitTolerance = 1.0 / 16384;  // 2^-14, in units of one code step
+  static constexpr float kTieMargin = 1.0f / 4096;      // > fit tolerance + float32 error of A (2^-16)
+
+  bool usable = false;
+  int num_runs = 0;  // when usable
+  __m512 run_lo[2], run_hi[2];   // per run: first and last code index, as floats
+  __m512 inv_step[2], offset[2]; // per run: the affine map A
+  __m512i first_run[2];  // per bucket, [0] for y >= 0 and [1] for y < 0: the run at the bucket's low end
+  __m512 crossing[2];    // per bucket: the threshold where the next run starts (+inf if none inside)
+
+  explicit SegmentSearch16(const float* thr) {
+    alignas(64) float lo_v[kMaxRuns] = {}, hi_v[kMaxRuns] = {}, inv_v[kMaxRuns] = {}, off_v[kMaxRuns] = {};
+    alignas(64) int32_t first_v[2 * kBuckets];
+    alignas(64) float cross_v[2 * kBuckets];
+    // Runs of codes whose interior thresholds are equally spaced; a code with an empty range
+    // (t[k-1] == t[k], repeated codes) is never the answer and gets no run.
+    int runs_first[256], runs_last[256];
+    auto lower = [&](int k) { return k > 0 ? double(thr[k - 1]) : -INFINITY; };
+    for (int k = 0; k < 256;) {
+      int lo = k, hi = k;
+      if (k < 255 && std::isfinite(thr[k])) {
+        hi = k + 1;
+        const double s0 = double(thr[k + 1]) - double(thr[k]);
+        if (k + 1 < 255 && std::isfinite(thr[k + 1]) && s0 > 0)
+          while (hi < 255 && std::isfinite(thr[hi]) &&
+                 std::fabs(double(thr[hi]) - (double(thr[lo]) + (hi - lo) * s0)) <= s0 / 64)
+            ++hi;
+      }
+      k = hi + 1;
+      if (!(lower(lo) < double(thr[hi]))) continue;  // empty range
+      if (num_runs == kMaxRuns) return;
+      runs_first[num_runs] = lo;
+      runs_last[num_runs] = hi;
+      // The line through the interior thresholds t[lo..hi-1]; a run with one interior threshold takes
+      // the step of its narrower neighbour gap (any slope fits one point; a sane one keeps ties rare).
+      double inv = 0.0, off = -double(lo);
+      if (hi > lo) {
+        double step = hi - lo >= 2 ? (double(thr[hi - 1]) - double(thr[lo])) / (hi - 1 - lo) : INFINITY;
+        if (hi - lo == 1) {
+          if (lo > 0) step = std::min(step, double(thr[lo]) - double(thr[lo - 1]));
+          if (std::isfinite(thr[hi])) step = std::min(step, double(thr[hi]) - double(thr[lo]));
+        }
+        if (!(step > 1e-30) || !std::isfinite(step)) return;
+        const float inv_f = float(1.0 / step);
+        const float off_f = float(double(thr[lo]) * double(inv_f) - lo - 0.5);
+        for (int j = lo; j < hi; ++j)
+          if (std::fabs(double(thr[j]) * double(inv_f) - double(off_f) - (j + 0.5)) > kFitTolerance) return;
+        inv = inv_f;
+        off = off_f;
+      }
+      lo_v[num_runs] = float(lo);
+      hi_v[num_runs] = float(hi);
+      inv_v[num_runs] = float(inv);
+      off_v[num_runs] = float(off);
+      ++num_runs;
+    }
+    // The run holding y: the one whose code range contains #{thresholds below y}.
+    auto run_of = [&](float y) {
+      const int idx = int(std::lower_bound(thr, thr + 255, y) - thr);
+      int r = 0;
+      while (runs_last[r] < idx) ++r;
+      return r;
+    };
+    for (int sign = 0; sign < 2; ++sign) {
+      for (int b = 0; b < kBuckets; ++b) {
+        const float low = b == 0 ? 0.0f : std::ldexp(1.0f, 2 * b - 31);
+        const float high = b == kBuckets - 1 ? 1.0f : std::nextafter(std::ldexp(1.0f, 2 * b - 29), 0.0f);
+        const int r0 = run_of(sign ? -high : low), r1 = run_of(sign ? -low : high);
+        if (r1 - r0 > 1) return;
+        first_v[sign * kBuckets + b] = r0;
+        cross_v[sign * kBuckets + b] = r1 > r0 ? thr[runs_last[r0]] : INFINITY;
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      run_lo[h] = _mm512_load_ps(lo_v + 16 * h);
+      run_hi[h] = _mm512_load_ps(hi_v + 16 * h);
+      inv_step[h] = _mm512_load_ps(inv_v + 16 * h);
+      offset[h] = _mm512_load_ps(off_v + 16 * h);
+    }
+    for (int h = 0; h < 2; ++h) {
+      first_run[h] = _mm512_load_si512(first_v + 16 * h);
+      crossing[h] = _mm512_load_ps(cross_v + 16 * h);
+    }
+    usable = true;
+  }
+
+  // The count for each lane of y (in [-1, 1], never NaN); `unsure` marks lanes within kTieMargin of
+  // a threshold, whose result must not be used.
+  __attribute__((always_inline)) inline __m512i index(__m512 y, __mmask16* unsure) const {
+    const __m512i bits = _mm512_castps_si512(y);
+    // Bucket key: sign in bit 4, and the bucket in bits 0-3 from the exponent's top 7 bits clamped to
+    // 48..63 (|y| <= 1 has exponent <= 127; everything below 2^-29 joins bucket 0).
+    const __m512i exp_half = _mm512_max_epu32(
+        _mm512_and_si512(_mm512_srli_epi32(bits, 24), _mm512_set1_epi32(0x7F)), _mm512_set1_epi32(48));
+    const __m512i key = _mm512_ternarylogic_epi32(exp_half, _mm512_srli_epi32(bits, 27), _mm512_set1_epi32(16),
+                                                  0xD8);  // bit 4 from the sign, the rest from exp_half
+    __m512i run = _mm512_permutex2var_epi32(first_run[0], key, first_run[1]);
+    const __m512 cross = _mm512_permutex2var_ps(crossing[0], key, crossing[1]);
+    run = _mm512_mask_add_epi32(run, _mm512_cmp_ps_mask(cross, y, _CMP_LT_OQ), run, _mm512_set1_epi32(1));
+    const __m512 a = _mm512_fmsub_ps(y, _mm512_permutex2var_ps(inv_step[0], run, inv_step[1]),
+                                     _mm512_permutex2var_ps(offset[0], run, offset[1]));
+    // Clamp before rounding: y = -1 sits half a step below the first code, and such an outer
+    // half-integer decides nothing.
+    const __m512 inside = _mm512_min_ps(_mm512_max_ps(a, _mm512_permutex2var_ps(run_lo[0], run, run_lo[1])),
+                                        _mm512_permutex2var_ps(run_hi[0], run, run_hi[1]));
+    const __m512 nearest = _mm512_roundscale_ps(inside, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    *unsure = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(inside, nearest)),
+                                 _mm512_set1_ps(0.5f - kTieMargin), _CMP_GE_OQ);
+    return _mm512_cvttps_epi32(nearest);
+  }
+};
+
+// The search the kernels use: the run arithmetic where the table allows it, the tree otherwise.
+struct Search16 {
+  SearchTree16 tree;
+  SegmentSearch16 runs;
+
+  explicit Search16(const float* thr) : tree(thr), runs(thr) {}
+};
+
 // 16 elements of storage type T (all 16, or the first `count` with the rest zero) as float32.
 template <class T>
 inline __m512 load16(const typename T::storage* p, int count) {
@@ -88,18 +222,42 @@ inline __m512 normalize16(__m512 x, float absmax) {
 }
 
 // codes[i] = encode(x[i], absmax) for one block.
+// With runs, the lanes they are unsure of are redone with the tree in a second pass: a call or the
+// tree's 16 registers inside the first loop would slow every vector, not just the rare unsure ones.
 template <class T>
 inline void encode_block16(const typename T::storage* x, uint8_t* codes, int64_t len, float absmax,
-                           const SearchTree16& tree) {
-  int64_t i = 0;
-  for (; i + 16 <= len; i += 16) {
-    const __m512i idx = tree.index(normalize16(load16<T>(x + i, 16), absmax));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
+                           const Search16& search) {
+  const auto y_at = [&](int64_t i) { return normalize16(load16<T>(x + i, int(std::min<int64_t>(16, len - i))), absmax); };
+  const auto store = [&](int64_t i, __m512i idx) {
+    const int64_t rest = len - i;
+    if (rest >= 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
+    else _mm512_mask_cvtepi32_storeu_epi8(codes + i, __mmask16((1u << rest) - 1u), idx);
+  };
+  if (!search.runs.usable) {
+    for (int64_t i = 0; i < len; i += 16) store(i, search.tree.index(y_at(i)));
+    return;
   }
-  if (i < len) {
-    const int rest = int(len - i);
-    const __m512i idx = tree.index(normalize16(load16<T>(x + i, rest), absmax));
-    _mm512_mask_cvtepi32_storeu_epi8(codes + i, __mmask16((1u << rest) - 1u), idx);
+  const SegmentSearch16 runs = search.runs;  // a local copy: the uint8 stores could alias `search`
+  constexpr int64_t kChunk = 4096;             // the largest quantization block
+  __mmask16 unsure[kChunk / 16];
+  for (int64_t c0 = 0; c0 < len; c0 += kChunk) {
+    const int64_t c1 = std::min(len, c0 + kChunk);
+    __mmask16 any = 0;
+    int64_t i = c0;
+    for (; i + 16 <= c1; i += 16) {
+      __mmask16& u = unsure[(i - c0) / 16];
+      const __m512i idx = runs.index(normalize16(load16<T>(x + i, 16), absmax), &u);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
+      any |= u;
+    }
+    if (i < c1) {
+      __mmask16& u = unsure[(i - c0) / 16];
+      store(i, runs.index(y_at(i), &u));
+      any |= u;
+    }
+    if (any) [[unlikely]]
+      for (i = c0; i < c1; i += 16)
+        if (unsure[(i - c0) / 16]) store(i, search.tree.index(y_at(i)));
   }
 }
 
