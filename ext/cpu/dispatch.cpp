@@ -8,7 +8,7 @@ namespace bnb8::cpu {
 
 namespace {
 
-enum class Isa { generic, avx2, avx512 };
+enum class Isa { generic, avx2, avx512, avx512vbmi };
 
 Isa detect() {
   Isa best = Isa::generic;
@@ -19,11 +19,13 @@ Isa detect() {
   if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     best = Isa::avx512;
+  if (best == Isa::avx512 && __builtin_cpu_supports("avx512vbmi")) best = Isa::avx512vbmi;
 #endif
   // An explicit request may only lower the level: asking for more than the CPU has would crash.
   if (const char* want = getenv("BNB8_CPU_ISA")) {
     if (strcmp(want, "generic") == 0) best = Isa::generic;
-    else if (strcmp(want, "avx2") == 0 && best == Isa::avx512) best = Isa::avx2;
+    else if (strcmp(want, "avx2") == 0 && best >= Isa::avx2) best = Isa::avx2;
+    else if (strcmp(want, "avx512") == 0 && best >= Isa::avx512) best = Isa::avx512;
   }
   return best;
 }
@@ -37,6 +39,7 @@ Isa chosen() {
 
 const char* isa() {
   switch (chosen()) {
+    case Isa::avx512vbmi: return "avx512vbmi";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "generic";
@@ -46,6 +49,7 @@ const char* isa() {
 #if defined(BNB8_HAVE_X86_VARIANTS)
 #define BNB8_ROUTE(fn, arg)                          \
   switch (chosen()) {                                \
+    case Isa::avx512vbmi: return avx512vbmi::fn(arg); \
     case Isa::avx512: return avx512::fn(arg);        \
     case Isa::avx2: return avx2::fn(arg);            \
     default: return generic::fn(arg);                \

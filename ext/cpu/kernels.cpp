@@ -95,15 +95,25 @@ int64_t for_each_block(const UpdateArgs& a, Fn fn) {
   return sum;
 }
 
-// Per-state search structures built once per call: register-resident trees where AVX-512 has them.
+// Per-state tables built once per call: with AVX-512, the code table and its search in registers
+// (simd_search.h); elsewhere the loops below gather from memory.
 #if defined(BNB8_SIMD_SEARCH)
-using Trees = const Search16*;
+struct StateTables {
+  CodeTable code;
+  Search16 search;
+  StateTables(const float* qmap, const float* thresholds) : code(qmap), search(thresholds) {}
+};
+using Tables = const StateTables*;
+using CodeTables = const CodeTable*;
+constexpr bool kDecodeAhead = true;  // decode a block's codes with permutes before the update loop
 #else
-using Trees = const void*;
+using Tables = const void*;
+using CodeTables = const void*;
+constexpr bool kDecodeAhead = false;
 #endif
 
 template <class Rule, class T, bool Quantized, bool Bucketed>
-int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused]] Trees trees) {
+int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused]] Tables tables) {
   constexpr int NS = Rule::kStates;
   using S = typename T::storage;
   const TensorSlot& slot = a.slots[t];
@@ -126,7 +136,13 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
     old_absmax[k] = Quantized ? absmax[k][blk] : 0.0f;
     qmap[k] = a.qmap[k];
   }
-  float fresh[NS][kOptimBlock];  // new state values of this block, before requantization
+  // The block's state values: decoded here first (kDecodeAhead), then overwritten with the new
+  // values before requantization.
+  float fresh[NS][kOptimBlock];
+#if defined(BNB8_SIMD_SEARCH)
+  if constexpr (Quantized)
+    for (int k = 0; k < NS; ++k) decode_block(codes[k], len, old_absmax[k], tables[k].code, fresh[k]);
+#endif
   int64_t skipped = 0;
 
 #pragma omp simd reduction(+ : skipped)
@@ -135,7 +151,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
     const float pi = T::load(p[i]);
     float s[NS], s_old[NS];
     for (int k = 0; k < NS; ++k) {
-      s[k] = Quantized ? decode(codes[k][i], old_absmax[k], qmap[k]) : fstate[k][i];
+      s[k] = !Quantized ? fstate[k][i] : kDecodeAhead ? fresh[k][i] : decode(codes[k][i], old_absmax[k], qmap[k]);
       s_old[k] = s[k];
     }
     const float u = Rule::direction(gi, pi, s, h);
@@ -161,7 +177,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
       absmax[k][blk] = m;
       uint8_t* c = codes[k];
 #if defined(BNB8_SIMD_SEARCH)
-      encode_block16<F32>(f, c, len, m, trees[k]);
+      encode_block16<F32>(f, c, len, m, tables[k].search);
 #else
       const float* thr = a.search[k].thresholds;
       const int32_t* lo = a.search[k].bucket_lo;
@@ -175,7 +191,8 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
 
 // Sum of u^2 and p^2 over one block, from the same arithmetic as update_block, writing nothing.
 template <class Rule, class T, bool Quantized>
-void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, double* uu, double* pp) {
+void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused]] CodeTables code_tables, double* uu,
+                 double* pp) {
   constexpr int NS = Rule::kStates;
   using S = typename T::storage;
   const TensorSlot& slot = a.slots[t];
@@ -194,13 +211,19 @@ void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, double* uu, double
     old_absmax[k] = Quantized ? reinterpret_cast<const float*>(slot.absmax[k])[blk] : 0.0f;
     qmap[k] = a.qmap[k];
   }
+  float decoded[NS][kOptimBlock];
+#if defined(BNB8_SIMD_SEARCH)
+  if constexpr (Quantized)
+    for (int k = 0; k < NS; ++k) decode_block(codes[k], len, old_absmax[k], code_tables[k], decoded[k]);
+#endif
   float su = 0.0f, sp = 0.0f;
 #pragma omp simd reduction(+ : su, sp)
   for (int64_t i = 0; i < len; ++i) {
     const float gi = T::load(g[i]) * gscale;
     const float pi = T::load(p[i]);
     float s[NS];
-    for (int k = 0; k < NS; ++k) s[k] = Quantized ? decode(codes[k][i], old_absmax[k], qmap[k]) : fstate[k][i];
+    for (int k = 0; k < NS; ++k)
+      s[k] = !Quantized ? fstate[k][i] : kDecodeAhead ? decoded[k][i] : decode(codes[k][i], old_absmax[k], qmap[k]);
     const float u = Rule::direction(gi, pi, s, h);
     su += updates_element(gi, h) ? u * u : 0.0f;
     sp += pi * pi;
@@ -213,30 +236,38 @@ template <class Rule, class T>
 void update_typed(const UpdateArgs& a) {
   const bool bucketed = a.search[0].bucket_lo != nullptr;
 #if defined(BNB8_SIMD_SEARCH)
-  std::vector<Search16> tree_storage;
+  std::vector<StateTables> storage;
   if (a.quantized)
-    for (int k = 0; k < Rule::kStates; ++k) tree_storage.emplace_back(a.search[k].thresholds);
-  const Trees trees = tree_storage.data();
+    for (int k = 0; k < Rule::kStates; ++k) storage.emplace_back(a.qmap[k], a.search[k].thresholds);
+  const Tables tables = storage.data();
 #else
-  const Trees trees = nullptr;
+  const Tables tables = nullptr;
 #endif
   int64_t skipped;
   if (!a.quantized)
-    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, false, false>(a, t, b, trees); });
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, false, false>(a, t, b, tables); });
   else if (bucketed)
-    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, true>(a, t, b, trees); });
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, true>(a, t, b, tables); });
   else
-    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, false>(a, t, b, trees); });
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, false>(a, t, b, tables); });
   if (a.nonfinite) *a.nonfinite += skipped;
 }
 
 template <class Rule, class T>
 void norms_typed(const UpdateArgs& a) {
   std::vector<double> acc(2 * a.num_tensors, 0.0);
+#if defined(BNB8_SIMD_SEARCH)
+  std::vector<CodeTable> storage;
+  if (a.quantized)
+    for (int k = 0; k < Rule::kStates; ++k) storage.emplace_back(a.qmap[k]);
+  const CodeTables tables = storage.data();
+#else
+  const CodeTables tables = nullptr;
+#endif
   for_each_block(a, [&](int64_t t, int64_t blk) -> int64_t {
     double uu, pp;
-    if (a.quantized) norms_block<Rule, T, true>(a, t, blk, &uu, &pp);
-    else norms_block<Rule, T, false>(a, t, blk, &uu, &pp);
+    if (a.quantized) norms_block<Rule, T, true>(a, t, blk, tables, &uu, &pp);
+    else norms_block<Rule, T, false>(a, t, blk, tables, &uu, &pp);
 #pragma omp atomic
     acc[2 * t] += uu;
 #pragma omp atomic

@@ -18,11 +18,12 @@ BNB8_CPU_DECLARE(generic)
 #if defined(BNB8_HAVE_X86_VARIANTS)
 BNB8_CPU_DECLARE(avx2)
 BNB8_CPU_DECLARE(avx512)
+BNB8_CPU_DECLARE(avx512vbmi)
 #endif
 #undef BNB8_CPU_DECLARE
 
-// The instruction set the dispatcher uses: "avx512", "avx2" or "generic".
-// BNB8_CPU_ISA=avx2|generic in the environment forces a lesser one (benchmarks, tests).
+// The instruction set the dispatcher uses: "avx512vbmi", "avx512", "avx2" or "generic".
+// BNB8_CPU_ISA=avx512|avx2|generic in the environment forces a lesser one (benchmarks, tests).
 const char* isa();
 
 void quantize_blockwise(const QuantizeArgs& a);

@@ -21,7 +21,9 @@
 #include <cmath>
 #include <type_traits>
 
-namespace bnb8::cpu {
+// Inside the variant's own namespace: the avx512 and avx512vbmi builds define these differently,
+// and one shared (weak) definition would hand one variant the other's code.
+namespace bnb8::cpu::BNB8_ISA {
 
 struct SearchTree16 {
   __m512 top;       // tree nodes 1..15 (levels 1-4) at lanes 1..15
@@ -200,6 +202,89 @@ struct Search16 {
   explicit Search16(const float* thr) : tree(thr), runs(thr) {}
 };
 
+// decode() of quantize.h for a block, code[c] * absmax, without gathers (a 16-lane gather costs
+// about as much as 16 loads on the CPUs measured, ~20 register operations).
+#if defined(__AVX512VBMI__)
+// With VBMI, 64 codes at a time: the 256 float32 of the table are split into four byte planes of
+// 256 bytes (four registers each); two 128-entry byte lookups (vpermi2b) and a blend on bit 7 read
+// one plane for 64 codes, and unpacks interleave the four planes back into 64 floats — 22 operations
+// for 64 values.
+struct CodeTable {
+  static constexpr int kLanes = 64;
+  __m512i plane[4][4];  // plane[b][q] byte l = byte b of code[64q + l]
+  __m512i order;        // the byte order that makes the unpacks below produce values in order
+
+  explicit CodeTable(const float* code) {
+    alignas(64) uint8_t bytes[4][256];
+    for (int i = 0; i < 256; ++i) {
+      const uint32_t u = float_to_bits(code[i]);
+      for (int b = 0; b < 4; ++b) bytes[b][i] = uint8_t(u >> (8 * b));
+    }
+    for (int b = 0; b < 4; ++b)
+      for (int q = 0; q < 4; ++q) plane[b][q] = _mm512_load_si512(bytes[b] + 64 * q);
+    // The unpacks leave value 16j + 4l + r of a 64-value group at float lane 4l + r of output j when
+    // the codes sit at byte 16l + 4j + r: gather them there first.
+    alignas(64) uint8_t ord[64];
+    for (int l = 0; l < 4; ++l)
+      for (int j = 0; j < 4; ++j)
+        for (int r = 0; r < 4; ++r) ord[16 * l + 4 * j + r] = uint8_t(16 * j + 4 * l + r);
+    order = _mm512_load_si512(ord);
+  }
+
+  // out[0..63] = code[c[0..63]] * scale.
+  __attribute__((always_inline)) inline void lookup64(__m512i c, __m512 scale, float* out) const {
+    c = _mm512_permutexvar_epi8(order, c);
+    const __mmask64 high = _mm512_movepi8_mask(c);
+    __m512i b[4];
+    for (int k = 0; k < 4; ++k)
+      b[k] = _mm512_mask_blend_epi8(high, _mm512_permutex2var_epi8(plane[k][0], c, plane[k][1]),
+                                    _mm512_permutex2var_epi8(plane[k][2], c, plane[k][3]));
+    const __m512i lo01 = _mm512_unpacklo_epi8(b[0], b[1]), hi01 = _mm512_unpackhi_epi8(b[0], b[1]);
+    const __m512i lo23 = _mm512_unpacklo_epi8(b[2], b[3]), hi23 = _mm512_unpackhi_epi8(b[2], b[3]);
+    const __m512i v[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                          _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
+    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(_mm512_castsi512_ps(v[j]), scale));
+  }
+};
+#else
+// Without VBMI, 16 codes at a time from the table in 16 registers: eight 32-entry lookups (vpermt2ps)
+// on the low 5 bits, then bits 5-7 pick among them — 18 operations for 16 values.
+struct CodeTable {
+  static constexpr int kLanes = 16;
+  __m512 part[16];  // part[j] lane l = code[16j + l]
+
+  explicit CodeTable(const float* code) {
+    for (int j = 0; j < 16; ++j) part[j] = _mm512_loadu_ps(code + 16 * j);
+  }
+
+  __attribute__((always_inline)) inline void lookup16(__m512i idx, __m512 scale, float* out) const {
+    __m512 by_low5[8];
+    for (int j = 0; j < 8; ++j) by_low5[j] = _mm512_permutex2var_ps(part[2 * j], idx, part[2 * j + 1]);
+    for (int bit = 5, n = 8; bit < 8; ++bit, n /= 2) {
+      const __mmask16 high = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << bit));
+      for (int j = 0; j < n / 2; ++j) by_low5[j] = _mm512_mask_blend_ps(high, by_low5[2 * j], by_low5[2 * j + 1]);
+    }
+    _mm512_storeu_ps(out, _mm512_mul_ps(by_low5[0], scale));
+  }
+};
+#endif
+
+// out[i] = decode(codes[i], absmax), i < len; out has room for len rounded up to CodeTable::kLanes.
+inline void decode_block(const uint8_t* codes, int64_t len, float absmax, const CodeTable& code, float* out) {
+  const CodeTable table = code;  // a local copy: the float stores below could alias `code`
+  const __m512 scale = _mm512_set1_ps(absmax);
+  for (int64_t i = 0; i < len; i += CodeTable::kLanes) {
+    const int64_t rest = len - i;
+#if defined(__AVX512VBMI__)
+    const __mmask64 k = rest >= 64 ? ~__mmask64(0) : (__mmask64(1) << rest) - 1;
+    table.lookup64(_mm512_maskz_loadu_epi8(k, codes + i), scale, out + i);
+#else
+    const __mmask16 k = rest >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rest) - 1u);
+    table.lookup16(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, codes + i)), scale, out + i);
+#endif
+  }
+}
+
 // 16 elements of storage type T (all 16, or the first `count` with the rest zero) as float32.
 template <class T>
 inline __m512 load16(const typename T::storage* p, int count) {
@@ -261,5 +346,5 @@ inline void encode_block16(const typename T::storage* x, uint8_t* codes, int64_t
   }
 }
 
-}  // namespace bnb8::cpu
+}  // namespace bnb8::cpu::BNB8_ISA
 #endif
