@@ -464,17 +464,34 @@ def test_step_needs_no_memory_proportional_to_the_parameter():
 
 
 def test_many_small_tensors_make_one_native_call(monkeypatch):
-    from bnb8 import _ops
+    from bnb8.backends import cpu
 
-    calls = []
-    real = _ops.optimizer_update_
-    monkeypatch.setattr(_ops, "optimizer_update_", lambda *a: calls.append(len(a[1])) or real(*a))
+    calls = []  # tensors per native update call (fn, rule, params, ...)
+    real = cpu._update_call
+    monkeypatch.setattr(cpu, "_update_call", lambda *a: calls.append(len(a[2])) or real(*a))
     params = [torch.nn.Parameter(torch.randn(300)) for _ in range(200)]
     opt = bnb8.optim.Adam8bit(params, min_8bit_size=0)
     for p in params:
         p.grad = torch.randn(300)
     opt.step()
     assert calls == [200]
+
+
+def test_eager_cpu_step_bumps_version_counters_like_the_op():
+    """Eager CPU steps call the kernel without torch.library's dispatch; autograd must still see the
+    in-place update of a tensor it saved."""
+    p = torch.nn.Parameter(torch.randn(5000))
+    opt = bnb8.optim.Adam8bit([p])
+    p.grad = torch.randn(5000)
+    opt.step()
+    versions = (p._version, opt.state[p]["state1"]._version, opt.state[p]["absmax2"]._version)
+    x = torch.randn(5000, requires_grad=True)
+    y = (x * p).sum()  # saves p for x's gradient
+    opt.step()
+    after = (p._version, opt.state[p]["state1"]._version, opt.state[p]["absmax2"]._version)
+    assert all(b > a for a, b in zip(versions, after))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
 
 
 def test_fp16_and_bf16_params_update_in_fp32_math():

@@ -52,8 +52,8 @@ def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, b
 
 
 @_ops.optimizer_update_.register_kernel("cpu")
-def _(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, thresholds, bucket_lo,
-      hyper, scales, nonfinite):  # fmt: skip
+def optimizer_update_(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, thresholds,
+                      bucket_lo, hyper, scales, nonfinite):  # fmt: skip
     _update_call(
         C.cpu_optimizer_update, rule, params, grads, [state1, state2, state3], [absmax1, absmax2, absmax3],
         qmaps, thresholds, bucket_lo, hyper, scales, nonfinite, None,
@@ -61,7 +61,9 @@ def _(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qm
 
 
 @_ops.optimizer_norms.register_kernel("cpu")
-def _(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, hyper, scales):
+def optimizer_norms(
+    rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, hyper, scales
+):
     norms = torch.zeros((len(params), 2), dtype=torch.float32)
     _update_call(
         C.cpu_optimizer_norms, rule, params, grads, [state1, state2, state3], [absmax1, absmax2, absmax3],
