@@ -406,6 +406,41 @@ def _flat(nested):
     return [t for x in nested for t in (_flat(x) if isinstance(x, list) else [x])]
 
 
+# -- coupled weight decay of 0 leaves the gradient alone, as in torch -------------------------------
+@pytest.mark.parametrize(
+    "make,make_torch",
+    [
+        (lambda ps: optim.Adam8bit(ps), lambda ps: torch.optim.Adam(ps)),
+        (
+            lambda ps: optim.Adam(ps, optim_bits=32, amsgrad=True),
+            lambda ps: torch.optim.Adam(ps, amsgrad=True),
+        ),
+        (
+            lambda ps: optim.SGD8bit(ps, lr=0.1, momentum=0.9),
+            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+        ),
+        (lambda ps: optim.RMSprop8bit(ps), lambda ps: torch.optim.RMSprop(ps)),
+        (lambda ps: optim.Adagrad8bit(ps), lambda ps: torch.optim.Adagrad(ps)),
+    ],
+    ids=["adam8bit", "adam32bit-amsgrad", "sgd8bit", "rmsprop8bit", "adagrad8bit"],
+)
+def test_zero_weight_decay_keeps_an_infinite_parameter_infinite(make, make_torch):
+    """torch skips the L2 term when weight_decay is 0; computing g + 0 * p would make p = inf NaN."""
+    ours = torch.nn.Parameter(torch.randn(5000))
+    with torch.no_grad():
+        ours[17] = float("inf")
+        ours[18] = float("-inf")
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    opt, ref = make([ours]), make_torch([theirs])
+    for _ in range(2):
+        g = torch.randn(5000)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    assert torch.equal(ours[17:19], theirs[17:19]) and torch.isinf(ours[17:19]).all()
+    assert torch.isfinite(ours[:17]).all() and torch.isfinite(ours[19:]).all()
+
+
 # -- SGD without momentum, Adagrad's initial accumulator --------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 def test_sgd_without_momentum_keeps_no_state_and_matches_torch(dtype):

@@ -20,35 +20,40 @@ def _adam_moments(g: Tensor, m: Tensor, v: Tensor, h: dict) -> tuple[Tensor, Ten
     return h["beta1"] * m + (1.0 - h["beta1"]) * g, h["beta2"] * v + (1.0 - h["beta2"]) * g * g
 
 
+def _with_l2(g: Tensor, p: Tensor, h: dict) -> Tensor:
+    """Coupled weight decay; skipped at 0 as torch does (0 * inf would be NaN)."""
+    return g + h["weight_decay"] * p if h["weight_decay"] != 0 else g
+
+
 def _adam_direction(m: Tensor, v: Tensor, h: dict) -> Tensor:
     return m / (v.sqrt() / h["bias_correction2_sqrt"] + h["eps"])
 
 
 def _adam(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    m, v = _adam_moments(g + h["weight_decay"] * p, s[0], s[1], h)
+    m, v = _adam_moments(_with_l2(g, p, h), s[0], s[1], h)
     return _adam_direction(m, v, h), [m, v]
 
 
 def _adam_amsgrad(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    m, v = _adam_moments(g + h["weight_decay"] * p, s[0], s[1], h)
+    m, v = _adam_moments(_with_l2(g, p, h), s[0], s[1], h)
     vmax = torch.maximum(s[2], v)
     return _adam_direction(m, vmax, h), [m, v, vmax]
 
 
 def _sgd(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = g + h["weight_decay"] * p
+    g = _with_l2(g, p, h)
     buf = h["momentum"] * s[0] + (1.0 - h["dampening"]) * g  # step 1: s = 0 and dampening = 0, so buf = g
     return (g + h["momentum"] * buf if h["nesterov"] else buf), [buf]
 
 
 def _sgd_plain(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
     """SGD without momentum: no state, so no native kernel (a rule needs at least one state)."""
-    return g + h["weight_decay"] * p, []
+    return _with_l2(g, p, h), []
 
 
 def _rmsprop_rule(centered: bool, momentum: bool) -> Rule:
     def rule(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-        g = g + h["weight_decay"] * p
+        g = _with_l2(g, p, h)
         v = h["alpha"] * s[0] + (1.0 - h["alpha"]) * g * g
         new, var = [v], v
         if momentum:
@@ -67,7 +72,7 @@ def _rmsprop_rule(centered: bool, momentum: bool) -> Rule:
 
 
 def _adagrad(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    g = g + h["weight_decay"] * p
+    g = _with_l2(g, p, h)
     acc = s[0] + g * g
     return g / (acc.sqrt() + h["eps"]), [acc]
 
@@ -79,7 +84,7 @@ def _lion(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[
 
 
 def _lamb(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
-    m, v = _adam_moments(g + h["weight_decay"] * p, s[0], s[1], h)
+    m, v = _adam_moments(_with_l2(g, p, h), s[0], s[1], h)
     return _adam_direction(m, v, h) + h["alpha"] * p, [m, v]
 
 
