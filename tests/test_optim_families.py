@@ -391,15 +391,19 @@ def test_every_cpu_variant_updates_alike(isa, tmp_path):
         _ops.optimizer_update_(
             rule, params, grads, *states, *pad, *absmaxes, *pad, qmaps, thresholds, buckets, hyper, scales, nonfinite
         )  # fmt: skip
+        # The two AVX-512 variants share all code but the decode; AVX2 has another vector width, where
+        # GCC fuses other multiply-adds.
+        exact = isa.startswith("avx512") and bnb8._C.cpu_isa().startswith("avx512")
         for a, b in zip(_flat(other[name]), _flat((params, states, absmaxes))):
-            if isa == "avx512":  # the same code as the default variant but for the decode
+            if exact:
                 assert torch.equal(a, b), name
-            elif a.dtype == torch.uint8:  # another vector width: GCC fuses other multiply-adds
+            elif a.dtype == torch.uint8:
                 assert (a.int() - b.int()).abs().max() <= 1 and (a != b).sum() <= max(1, a.numel() // 1000), (
                     name
                 )
             else:
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+                rtol = 2e-5 if a.dtype == torch.float32 else 1e-2
+                torch.testing.assert_close(a, b, rtol=rtol, atol=1e-6, msg=name)
 
 
 def _flat(nested):
