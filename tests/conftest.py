@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -18,3 +22,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def run_under_isa(isa: str, script: str, data, tmp_path) -> dict:
+    """Saves ``data``, runs ``script`` (argv: input path, output path) in a fresh interpreter whose CPU
+    kernels are forced to ``isa`` (BNB8_CPU_ISA), and returns what it saved. Skips the test when this
+    CPU cannot give a second variant to compare with."""
+    import bnb8
+
+    torch.save(data, tmp_path / "in.pt")
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+        env=dict(os.environ, BNB8_CPU_ISA=isa),
+        check=True,
+    )
+    other = torch.load(tmp_path / "out.pt")
+    if other["isa"] != isa or bnb8._C.cpu_isa() == isa:
+        pytest.skip(f"this CPU runs {bnb8._C.cpu_isa()}: {isa} is not a second variant to compare with")
+    return other

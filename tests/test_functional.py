@@ -10,9 +10,6 @@ float32 midpoints between neighbouring codes.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -21,7 +18,7 @@ import torch
 import bnb8
 import bnb8.functional as F
 from bnb8.backends import reference
-from tests.conftest import FLOAT_DTYPES
+from tests.conftest import FLOAT_DTYPES, run_under_isa
 
 BLOCKSIZES = list(F.BLOCKSIZES)
 DTYPE_IDS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -287,16 +284,7 @@ def test_every_cpu_variant_gives_the_same_codes(isa, tmp_path):
         code = make()
         for dtype in FLOAT_DTYPES:
             data[f"{map_name}-{DTYPE_IDS[dtype]}"] = (heavy_tailed(4096 + 65, dtype, code, seed=11), code, 64)
-    torch.save(data, tmp_path / "in.pt")
-    env = dict(os.environ, BNB8_CPU_ISA=isa)
-    subprocess.run(
-        [sys.executable, "-c", _ISA_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-        env=env,
-        check=True,
-    )
-    other = torch.load(tmp_path / "out.pt")
-    if other["isa"] != isa or bnb8._C.cpu_isa() == isa:
-        pytest.skip(f"this CPU runs {bnb8._C.cpu_isa()}: {isa} is not a second variant to compare with")
+    other = run_under_isa(isa, _ISA_SCRIPT, data, tmp_path)
     for name, (x, code, bs) in data.items():
         assert torch.equal(other[name], F.quantize_blockwise(x, code=code, blocksize=bs)[0]), name
 

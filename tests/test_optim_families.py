@@ -24,6 +24,7 @@ import bnb8.functional as F
 import bnb8.optim as optim
 from bnb8 import _native, _ops
 from bnb8.backends import reference
+from tests.conftest import run_under_isa
 
 DTYPE_IDS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 DTYPES = list(DTYPE_IDS)
@@ -357,10 +358,6 @@ torch.save(out, sys.argv[2])
 def test_every_cpu_variant_updates_alike(isa, tmp_path):
     """The variants decode codes differently (VBMI byte planes, register permutes, gathers); the two
     AVX-512 variants differ in nothing else and must agree bit for bit."""
-    import os
-    import subprocess
-    import sys
-
     torch.manual_seed(5)
     hyper = _native.hyper_list(**RULE_HYPER)
     scales = torch.tensor([[1.0, 1.0], [0.5, 2.0], [2.0, 0.5]])  # one row per tensor
@@ -374,16 +371,7 @@ def test_every_cpu_variant_updates_alike(isa, tmp_path):
         for rule in sorted(STATE_SIGNS)
         for dtype in DTYPES
     }
-    torch.save(cases, tmp_path / "in.pt")
-    env = dict(os.environ, BNB8_CPU_ISA=isa)
-    subprocess.run(
-        [sys.executable, "-c", _VARIANT_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-        env=env,
-        check=True,
-    )
-    other = torch.load(tmp_path / "out.pt")
-    if other["isa"] != isa or bnb8._C.cpu_isa() == isa:
-        pytest.skip(f"this CPU runs {bnb8._C.cpu_isa()}: {isa} is not a second variant to compare with")
+    other = run_under_isa(isa, _VARIANT_SCRIPT, cases, tmp_path)
     for name, (rule, inputs, _, _) in cases.items():
         params, grads, states, absmaxes, qmaps, thresholds, buckets = copy.deepcopy(inputs)
         pad = [[]] * (3 - len(states))
