@@ -25,8 +25,14 @@ def _with_l2(g: Tensor, p: Tensor, h: dict) -> Tensor:
     return g + h["weight_decay"] * p if h["weight_decay"] != 0 else g
 
 
+def _f32(x: float) -> float:
+    return torch.tensor(x, dtype=torch.float32).item()
+
+
 def _adam_direction(m: Tensor, v: Tensor, h: dict) -> Tensor:
-    return m / (v.sqrt() / h["bias_correction2_sqrt"] + h["eps"])
+    # The kernels' form of m / (sqrt(v) / bc2 + eps): one division; eps * bc2 rounded as in float32.
+    bc2 = _f32(h["bias_correction2_sqrt"])
+    return (m * bc2) / (v.sqrt() + _f32(_f32(h["eps"]) * bc2))
 
 
 def _adam(g: Tensor, p: Tensor, s: list[Tensor], h: dict) -> tuple[Tensor, list[Tensor]]:
