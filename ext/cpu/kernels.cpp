@@ -95,17 +95,14 @@ int64_t for_each_block(const UpdateArgs& a, Fn fn) {
   return sum;
 }
 
-// ok ? a : b before a store. Without AVX-512, in bit operations: GCC turns the ternary into a masked
-// store, which AVX2 executes slowly (vmaskmovps: the 32-bit AVX2 Adam step took 1.23 ns per element
-// in cache, 0.80 this way). AVX-512 masked stores are cheap, and there the bit operations cost more
-// (the 8-bit step 1.70 -> 2.33 ns): the ternary stays.
-BNB8_HD float select_for_store(bool ok, float a, float b) {
-#if defined(__AVX512F__)
-  return ok ? a : b;
-#else
+// ok ? a : b in bit operations, for the stores of the update loop without AVX-512: GCC turns a
+// ternary there into a masked store, which AVX2 executes slowly (vmaskmovps: the 32-bit AVX2 Adam step
+// took 1.23 ns per element in cache, 0.70 this way). With AVX-512 the loop keeps the plain ternary:
+// masked stores are cheap, bit operations measured slower (8-bit step 1.70 -> 2.33 ns), and even a
+// helper returning the ternary kept GCC from vectorising the bf16/fp16 loops (bf16 Adam32bit 5x slower).
+BNB8_HD float bit_select(bool ok, float a, float b) {
   const uint32_t mask = 0u - uint32_t(ok);
   return bits_to_float((float_to_bits(a) & mask) | (float_to_bits(b) & ~mask));
-#endif
 }
 
 // Per-state tables built once per call: with AVX-512, the code table and its search in registers
@@ -172,9 +169,17 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
     const bool ok = updates_element(gi, h);
     // Select in fp32, then store: a 16-bit select would keep GCC from vectorising. A skipped element
     // is stored back unchanged (load/store round-trips every finite and infinite value exactly).
-    p[i] = T::store(select_for_store(ok, apply_update(pi, u, uscale, h), pi));
+#if defined(__AVX512F__)
+    p[i] = T::store(ok ? apply_update(pi, u, uscale, h) : pi);
+#else
+    p[i] = T::store(bit_select(ok, apply_update(pi, u, uscale, h), pi));
+#endif
     for (int k = 0; k < NS; ++k) {
-      const float v = select_for_store(ok, s[k], s_old[k]);
+#if defined(__AVX512F__)
+      const float v = ok ? s[k] : s_old[k];
+#else
+      const float v = bit_select(ok, s[k], s_old[k]);
+#endif
       if constexpr (Quantized) fresh[k][i] = v;
       else fstate[k][i] = v;
     }
