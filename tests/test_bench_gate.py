@@ -98,6 +98,20 @@ def test_baseline_of_a_key_noisier_than_the_margin_is_its_slowest_run(tmp_path):
     assert data["bimodal-cpu"]["ratio"] == 3.6  # spread 38 % > margin: its slowest run
 
 
+def test_baseline_refresh_refuses_to_absorb_a_regression(tmp_path, baseline, capsys):
+    before = baseline.read_text()
+    slower = [
+        result_json(tmp_path / f"slow{i}.json", {**BASE, "adam8bit-16M-fp32-cpu": 2.9}) for i in range(2)
+    ]
+    args = [*map(str, slower), "--write-baseline", "--baseline", str(baseline), "--margin", "0.3"]
+    assert gate.main(args) == 2
+    err = capsys.readouterr().err
+    assert "adam8bit-16M-fp32-cpu: 2.000 -> 2.900 (+45%)" in err and "--accept-slower" in err
+    assert baseline.read_text() == before  # nothing written
+    assert gate.main([*args, "--accept-slower"]) == 0
+    assert json.loads(baseline.read_text())["benchmarks"]["adam8bit-16M-fp32-cpu"]["ratio"] == 2.9
+
+
 def test_unchanged_ratios_pass(tmp_path, baseline, capsys):
     result = result_json(tmp_path / "r.json", {"adam8bit-16M-fp32-cpu": 2.4, "adam32bit-16M-fp32-cpu": 0.9})
     code, out = run_gate(capsys, result, baseline)

@@ -307,6 +307,17 @@ def make_baseline(results: list[tuple[Path, dict[str, dict], dict]], margin: flo
     }
 
 
+def slower_than_before(old: dict, new: dict, margin: float) -> list[str]:
+    """Keys of a freshly measured baseline that are slower than the one it would replace by more than
+    the margin: a refresh must not quietly absorb a regression (make bench gates first)."""
+    slower = []
+    for key, entry in new["benchmarks"].items():
+        before = old.get("benchmarks", {}).get(key, {}).get("ratio")
+        if _positive_finite(before) and entry["ratio"] > before * (1 + margin):
+            slower.append(f"{key}: {before:.3f} -> {entry['ratio']:.3f} (+{entry['ratio'] / before - 1:.0%})")
+    return slower
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -349,7 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--write-baseline",
         action="store_true",
-        help="write the baseline from the median ratio of each key over all RESULT files instead of gating",
+        help="write the baseline from the median ratio of each key over all RESULT files instead of gating; "
+        "refused when a key got slower than the current baseline by more than the margin",
+    )
+    parser.add_argument(
+        "--accept-slower",
+        action="store_true",
+        help="with --write-baseline: write it even where keys got slower (an intended trade-off)",
     )
     return parser
 
@@ -363,6 +380,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.write_baseline:
             margin = args.margin if args.margin is not None else DEFAULT_MARGIN
             baseline = make_baseline([(p, e, c) for p, e, _, c in loaded], margin)
+            if args.baseline.exists() and not args.accept_slower:
+                slower = slower_than_before(load_baseline(args.baseline), baseline, margin)
+                if slower:
+                    raise GateError(
+                        f"not writing {args.baseline}: slower than the current baseline beyond the {margin:.0%} "
+                        f"margin: {'; '.join(slower)}. Find the regression (make bench), or pass --accept-slower "
+                        "(make bench-baseline GATE_ARGS=--accept-slower) if it is intended"
+                    )
             args.baseline.write_text(json.dumps(baseline, indent=2) + "\n")
             spread = max((b["spread"] for b in baseline["benchmarks"].values()), default=0.0)
             print(
