@@ -1,7 +1,8 @@
 // bnb8 — CPU block walks around the shared math in ext/include/bnb8/. This file is compiled once per
-// instruction set (BNB8_ISA = avx512 | avx2 | generic); dispatch.cpp picks one at run time.
-// OpenMP spreads blocks over threads; `omp simd` loops over the elements of a block vectorise
-// (gathers for the table lookups, vectorised sqrt/div: built with -fno-math-errno).
+// instruction set (BNB8_ISA = avx512vbmi | avx512 | avx2 | generic); dispatch.cpp picks one at run
+// time. OpenMP spreads blocks over threads; `omp simd` loops over the elements of a block vectorise
+// (vectorised sqrt/div: built with -fno-math-errno). AVX-512 builds decode and search the code tables
+// in registers (simd_search.h); the others gather from the tables in memory.
 #include <omp.h>
 
 #include <algorithm>

@@ -1,8 +1,13 @@
-// bnb8 — the nearest-code search of ext/include/bnb8/quantize.h for 16 lanes at once with AVX-512,
-// without gathers: every threshold it compares against sits in a register and is picked by a permute.
+// bnb8 — the code-table work of ext/include/bnb8/quantize.h with AVX-512 and no gathers (a 16-lane
+// gather costs ~20 register operations on the CPUs measured): every table sits in registers and is
+// read with permutes. Three parts:
+//   SearchTree16     the exact nearest-code search for any table (below);
+//   SegmentSearch16  the same count in fewer operations for tables whose thresholds run in equal
+//                    steps, as the dynamic maps' do; its unsure lanes go back to the tree;
+//   CodeTable        decode (code[c] * absmax), 64 codes at a time with VBMI.
 //
-// The result is the same number as nearest_code_bisect / nearest_code_bucketed: the count of
-// thresholds below y (quantize.h). The walk is that bisection in two parts:
+// SearchTree16's result is the same number as nearest_code_bisect / nearest_code_bucketed: the count
+// of thresholds below y (quantize.h). The walk is that bisection in two parts:
 //   levels 1-5  (steps 128..8): an implicit binary tree (node n has children 2n, 2n+1) whose 31 nodes
 //               live in two registers; after five levels node - 32 = j = idx / 8;
 //   levels 6-8  (steps 4, 2, 1): idx lies in [8j, 8j + 7], so it is 8j plus the number of
