@@ -49,8 +49,6 @@ class Adagrad(Optimizer8bit):
         differentiable: bool = False,
         is_paged: bool = False,
     ) -> None:
-        if differentiable:
-            raise ValueError("differentiable=True is not supported by bnb8 optimizers; leave it False")
         defaults = dict(
             lr=lr,
             lr_decay=lr_decay,

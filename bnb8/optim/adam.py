@@ -61,10 +61,6 @@ class _AdamBase(Optimizer8bit):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        if capturable or differentiable:
-            raise ValueError(
-                "capturable=True and differentiable=True are not supported by bnb8 optimizers; leave them False"
-            )
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
         super().__init__(params, defaults, **common_args(locals()))
 

@@ -73,8 +73,16 @@ COMMON_ARGS = (
 )
 
 
+# torch.optim flags a family accepts for signature compatibility but bnb8 does not implement.
+UNSUPPORTED_TORCH_FLAGS = ("capturable", "differentiable")
+
+
 def common_args(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The common settings among a family constructor's arguments: ``**common_args(locals())``."""
+    """The common settings among a family constructor's arguments: ``**common_args(locals())``.
+    Rejects an unsupported torch flag (capturable, differentiable) that is set."""
+    for flag in UNSUPPORTED_TORCH_FLAGS:
+        if arguments.get(flag):
+            raise ValueError(f"{flag}=True is not supported by bnb8 optimizers; leave it False")
     return {key: arguments[key] for key in COMMON_ARGS if key in arguments}
 
 

@@ -51,10 +51,6 @@ class RMSprop(Optimizer8bit):
         differentiable: bool = False,
         is_paged: bool = False,
     ) -> None:
-        if capturable or differentiable:
-            raise ValueError(
-                "capturable=True and differentiable=True are not supported by bnb8 optimizers; leave them False"
-            )
         defaults = dict(
             lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=bool(centered)
         )

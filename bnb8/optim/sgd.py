@@ -60,8 +60,6 @@ class SGD(Optimizer8bit):
         differentiable: bool = False,
         is_paged: bool = False,
     ) -> None:
-        if differentiable:
-            raise ValueError("differentiable=True is not supported by bnb8 optimizers; leave it False")
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=bool(nesterov)
         )
