@@ -337,6 +337,47 @@ def test_native_rule_matches_reference_backend(rule, eight_bit, dtype):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=0)
 
 
+def test_state_block_turned_nan_is_stored_like_the_reference():
+    """A state block whose values became NaN (after an overflow to Inf: code 0 * Inf) gets a NaN absmax
+    and all-zero codes, as the reference's NaN-propagating amax gives — never a finite absmax over
+    codes searched from NaN. The other block is untouched by it."""
+    inputs = list(_rule_inputs("lamb", torch.float32, True, sizes=(300, 512)))
+    absmaxes = inputs[3]
+    # second moment of the 512-element tensor, first block: an Inf scale decodes code 0 (value 0) to NaN
+    absmaxes[1][1][0] = float("inf")
+    inputs[2][1][1][:256:5] = 0
+    hyper = _native.hyper_list(**RULE_HYPER)
+    outs = []
+    for native in (True, False):
+        params, grads, states, absmaxes, qmaps, thresholds, buckets = copy.deepcopy(inputs)
+        nonfinite = torch.zeros(1, dtype=torch.int64)
+        if native:
+            _ops.optimizer_update_(
+                "lamb",
+                params,
+                grads,
+                *states,
+                [],
+                *absmaxes,
+                [],
+                qmaps,
+                thresholds,
+                buckets,
+                hyper,
+                None,
+                nonfinite,
+            )
+        else:
+            reference.optimizer_update_(
+                "lamb", params, grads, states, absmaxes, qmaps, thresholds, buckets, hyper, None, nonfinite
+            )
+        outs.append((states[1][1], absmaxes[1][1]))
+    (codes_n, absmax_n), (codes_r, absmax_r) = outs
+    assert absmax_n[0].isnan() and absmax_r[0].isnan()
+    assert torch.equal(codes_n[:256], codes_r[:256])
+    torch.testing.assert_close(absmax_n[1], absmax_r[1], rtol=1e-5, atol=0)
+
+
 # -- every CPU variant runs the same update ---------------------------------------------------------
 _VARIANT_SCRIPT = """
 import sys, torch, bnb8

@@ -35,6 +35,17 @@ void quantize_impl(const QuantizeArgs& a) {
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t start = b * bs, len = std::min(bs, a.n - start);
     const S* xb = x + start;
+    uint8_t* cb = codes + start;
+#if defined(BNB8_SIMD_SEARCH)
+    // A block holding NaN/Inf gets a NaN absmax and encodes as all zeros (normalize), as the reference does.
+    const float largest = block_absmax16<T>(xb, len);
+    const float m = is_finite(largest) ? largest : nan_absmax();
+    absmax[b] = m;
+    // Fetch the next block (when whole) while this one computes: the absmax pass above then reads
+    // cache instead of memory (64M fp32 with 2 threads: 27 -> ? ms).
+    const bool next_whole = (b + 2) * bs <= a.n;
+    encode_block16<T>(xb, cb, len, m, search, next_whole ? xb + bs : nullptr);
+#else
     float m = 0.0f;
     int32_t bad = 0;
 #pragma omp simd reduction(max : m) reduction(| : bad)
@@ -45,10 +56,6 @@ void quantize_impl(const QuantizeArgs& a) {
     }
     m = bad ? nan_absmax() : m;  // a bad block encodes as all zeros (normalize), as the reference does
     absmax[b] = m;
-    uint8_t* cb = codes + start;
-#if defined(BNB8_SIMD_SEARCH)
-    encode_block16<T>(xb, cb, len, m, search);
-#else
     const float* thr = cs.thresholds;
     const int32_t* lo = cs.bucket_lo;
 #pragma omp simd
@@ -190,9 +197,14 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
   if constexpr (Quantized) {
     for (int k = 0; k < NS; ++k) {
       const float* f = fresh[k];
-      float m = 0.0f;
-#pragma omp simd reduction(max : m)
-      for (int64_t i = 0; i < len; ++i) m = std::max(m, fabsf(f[i]));
+#if defined(BNB8_SIMD_SEARCH)
+      const float m = block_absmax16<F32>(f, len);  // max |f|, NaN-propagating like max_magnitude
+#else
+      uint32_t m_bits = 0;  // max_magnitude as an integer reduction, which vectorises
+#pragma omp simd reduction(max : m_bits)
+      for (int64_t i = 0; i < len; ++i) m_bits = std::max(m_bits, float_to_bits(f[i]) & 0x7FFFFFFFu);
+      const float m = bits_to_float(m_bits);
+#endif
       absmax[k][blk] = m;
       uint8_t* c = codes[k];
 #if defined(BNB8_SIMD_SEARCH)

@@ -55,7 +55,7 @@ struct SearchTree16 {
     }
   }
 
-  // Count of thresholds below each lane of y (y never NaN here: normalize16 maps it into [-1, 1]).
+  // Count of thresholds below each lane of y (in [-1, 1], never NaN: see normalize16).
   __attribute__((always_inline)) inline __m512i index(__m512 y) const {
     const __m512i one = _mm512_set1_epi32(1);
     __m512i node = one;
@@ -192,10 +192,10 @@ struct SegmentSearch16 {
     // half-integer decides nothing.
     const __m512 inside = _mm512_min_ps(_mm512_max_ps(a, _mm512_permutex2var_ps(run_lo[0], run, run_lo[1])),
                                         _mm512_permutex2var_ps(run_hi[0], run, run_hi[1]));
-    const __m512 nearest = _mm512_roundscale_ps(inside, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    *unsure = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(inside, nearest)),
-                                 _mm512_set1_ps(0.5f - kTieMargin), _CMP_GE_OQ);
-    return _mm512_cvttps_epi32(nearest);
+    // inside - round(inside) in one operation (vreduceps), and the rounding conversion in another.
+    const __m512 frac = _mm512_reduce_ps(inside, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    *unsure = _mm512_cmp_ps_mask(_mm512_abs_ps(frac), _mm512_set1_ps(0.5f - kTieMargin), _CMP_GE_OQ);
+    return _mm512_cvt_roundps_epi32(inside, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
 };
 
@@ -303,30 +303,49 @@ inline __m512 load16(const typename T::storage* p, int count) {
   }
 }
 
+// The largest |x| of a block, NaN-propagating like torch's amax: integer maxima of the magnitude
+// bits, which order like the values with Inf and NaN above every finite value (two accumulators, so
+// consecutive maxima overlap). Faster than GCC's float reduction, which also skipped NaN.
+template <class T>
+inline float block_absmax16(const typename T::storage* x, int64_t len) {
+  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+  const auto bits = [&](int64_t i, int count) { return _mm512_and_si512(_mm512_castps_si512(load16<T>(x + i, count)), magnitude); };
+  __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 32 <= len; i += 32) {
+    m0 = _mm512_max_epu32(m0, bits(i, 16));
+    m1 = _mm512_max_epu32(m1, bits(i + 16, 16));
+  }
+  for (; i < len; i += 16) m0 = _mm512_max_epu32(m0, bits(i, int(std::min<int64_t>(16, len - i))));  // zero-filled
+  return bits_to_float(_mm512_reduce_max_epu32(_mm512_max_epu32(m0, m1)));
+}
+
 // normalize() of quantize.h for 16 lanes: max/min return their second operand when the first is NaN,
 // exactly like normalize's `y >= -1 ? y : -1` and `y <= 1 ? y : 1`.
+// Clamp = false skips the clamp, for callers whose absmax is finite and the largest |x| of the block
+// (every caller computes it so): then a correctly rounded x / absmax already lies in [-1, 1].
+template <bool Clamp = true>
 inline __m512 normalize16(__m512 x, float absmax) {
   if (!(absmax > 0.0f)) return _mm512_setzero_ps();
   const __m512 y = _mm512_div_ps(x, _mm512_set1_ps(absmax));
+  if constexpr (!Clamp) return y;
   return _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-1.0f)), _mm512_set1_ps(1.0f));
 }
 
-// codes[i] = encode(x[i], absmax) for one block.
-// With runs, the lanes they are unsure of are redone with the tree in a second pass: a call or the
-// tree's 16 registers inside the first loop would slow every vector, not just the rare unsure ones.
-template <class T>
-inline void encode_block16(const typename T::storage* x, uint8_t* codes, int64_t len, float absmax,
-                           const Search16& search) {
-  const auto y_at = [&](int64_t i) { return normalize16(load16<T>(x + i, int(std::min<int64_t>(16, len - i))), absmax); };
+// The run search over one block (see encode_block16), for a normalize16 with or without its clamp.
+// The lanes the runs are unsure of are redone with the tree in a second pass: a call or the tree's 16
+// registers inside the first loop would slow every vector, not just the rare unsure ones.
+template <class T, bool Clamp>
+inline void encode_runs(const typename T::storage* x, uint8_t* codes, int64_t len, float absmax,
+                        const Search16& search, const typename T::storage* prefetch) {
+  const auto y_at = [&](int64_t i) {
+    return normalize16<Clamp>(load16<T>(x + i, int(std::min<int64_t>(16, len - i))), absmax);
+  };
   const auto store = [&](int64_t i, __m512i idx) {
     const int64_t rest = len - i;
     if (rest >= 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
     else _mm512_mask_cvtepi32_storeu_epi8(codes + i, __mmask16((1u << rest) - 1u), idx);
   };
-  if (!search.runs.usable) {
-    for (int64_t i = 0; i < len; i += 16) store(i, search.tree.index(y_at(i)));
-    return;
-  }
   const SegmentSearch16 runs = search.runs;  // a local copy: the uint8 stores could alias `search`
   constexpr int64_t kChunk = 4096;             // the largest quantization block
   __mmask16 unsure[kChunk / 16];
@@ -335,8 +354,9 @@ inline void encode_block16(const typename T::storage* x, uint8_t* codes, int64_t
     __mmask16 any = 0;
     int64_t i = c0;
     for (; i + 16 <= c1; i += 16) {
+      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(prefetch + i), _MM_HINT_T0);
       __mmask16& u = unsure[(i - c0) / 16];
-      const __m512i idx = runs.index(normalize16(load16<T>(x + i, 16), absmax), &u);
+      const __m512i idx = runs.index(normalize16<Clamp>(load16<T>(x + i, 16), absmax), &u);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
       any |= u;
     }
@@ -349,6 +369,27 @@ inline void encode_block16(const typename T::storage* x, uint8_t* codes, int64_t
       for (i = c0; i < c1; i += 16)
         if (unsure[(i - c0) / 16]) store(i, search.tree.index(y_at(i)));
   }
+}
+
+// codes[i] = encode(x[i], absmax) for one block; absmax must be the block's largest |x| (NaN for a
+// block holding NaN/Inf, which encodes as zeros).
+// `prefetch`, when given, is the next block of the caller's input (len elements of the same type): it
+// is fetched into cache while this block computes, so the caller's next pass over memory does not wait
+// with the vector units idle.
+template <class T>
+inline void encode_block16(const typename T::storage* x, uint8_t* codes, int64_t len, float absmax,
+                           const Search16& search, const typename T::storage* prefetch = nullptr) {
+  if (!search.runs.usable) {
+    for (int64_t i = 0; i < len; i += 16) {
+      const int count = int(std::min<int64_t>(16, len - i));
+      const __m512i idx = search.tree.index(normalize16(load16<T>(x + i, count), absmax));
+      _mm512_mask_cvtepi32_storeu_epi8(codes + i, __mmask16((1u << count) - 1u), idx);
+    }
+    return;
+  }
+  // An infinite absmax (an optimizer state that overflowed) keeps the clamp: inf / inf is NaN.
+  if (absmax <= 3.4028235e38f) encode_runs<T, false>(x, codes, len, absmax, search, prefetch);
+  else encode_runs<T, true>(x, codes, len, absmax, search, prefetch);
 }
 
 }  // namespace bnb8::cpu::BNB8_ISA

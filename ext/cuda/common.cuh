@@ -93,6 +93,13 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// warp_max of magnitudes with max_magnitude (NaN propagates).
+__device__ __forceinline__ float warp_max_magnitude(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = max_magnitude(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
 template <int Width = 32>
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -151,8 +151,8 @@ __device__ __forceinline__ int64_t update_block(const TensorSlot& slot, int64_t 
 #pragma unroll
       for (int c = 0; c < kLaneSteps; ++c)
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) m = fmaxf(m, fabsf(st[k][c][j]));
-      m = warp_max(m);
+        for (int j = 0; j < kVec; ++j) m = max_magnitude(m, st[k][c][j]);
+      m = warp_max_magnitude(m);
       if (lane == 0) v.absmax[k][blk] = m;
 #pragma unroll
       for (int c = 0; c < kLaneSteps; ++c) {
