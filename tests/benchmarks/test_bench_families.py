@@ -1,9 +1,11 @@
 """One 8-bit step of every optimizer family beyond Adam, against torch's fastest 32-bit step of the same
 family in the same process (rounds interleaved, ratio of medians; see ``_bench.py``).
 
-Where torch has no such optimizer, the yardstick is torch's fused optimizer with the same kind of
-state: SGD with momentum (one state) for Lion and LARS, Adam (two states) for LAMB and AdEMAMix
-(AdEMAMix has three states, so that ratio is pessimistic). Run with ``make bench`` or
+Where torch has no such optimizer, two yardsticks: the same algorithm written with torch's
+multi-tensor ops (``*-vs-foreach``, ``_torch_families.py``: the fastest 32-bit torch implementation
+of the family), and, stricter, torch's fused optimizer with the same kind of state, which computes
+less: SGD with momentum (one state) for Lion and LARS, Adam (two states) for LAMB and AdEMAMix
+(no trust ratio; AdEMAMix has a third state). Run with ``make bench`` or
 ``pytest tests/benchmarks/test_bench_families.py --benchmark-only -m benchmark``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _bench import paired, pinned_threads, size_label
+from _torch_families import ForeachAdEMAMix, ForeachLAMB, ForeachLARS
 
 import bnb8
 
@@ -61,6 +64,24 @@ FAMILIES = {
         lambda ps: bnb8.optim.AdEMAMix8bit(ps),
         lambda ps: torch.optim.Adam(ps, fused=True),
         "torch.optim.Adam(fused=True) (torch has no AdEMAMix)",
+        3,
+    ),
+    "lars8bit-vs-foreach": (
+        lambda ps: bnb8.optim.LARS8bit(ps, lr=1e-3, momentum=0.9),
+        lambda ps: ForeachLARS(ps, lr=1e-3, momentum=0.9),
+        "LARS in torch._foreach ops (tests/benchmarks/_torch_families.py)",
+        1,
+    ),
+    "lamb8bit-vs-foreach": (
+        lambda ps: bnb8.optim.LAMB8bit(ps),
+        lambda ps: ForeachLAMB(ps),
+        "LAMB in torch._foreach ops (tests/benchmarks/_torch_families.py)",
+        2,
+    ),
+    "ademamix8bit-vs-foreach": (
+        lambda ps: bnb8.optim.AdEMAMix8bit(ps),
+        lambda ps: ForeachAdEMAMix(ps),
+        "AdEMAMix in torch._foreach ops (tests/benchmarks/_torch_families.py)",
         3,
     ),
 }
