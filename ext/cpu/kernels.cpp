@@ -20,6 +20,21 @@ namespace {
 // and competing with torch's own OpenMP workers, which spin after each torch op — costs more.
 constexpr int64_t kMinParallelBlocks = 512;
 
+// max_magnitude (common.h) over a block: the largest |x|, NaN when the block holds a NaN. AVX-512
+// builds run it on integer vectors (simd_search.h); elsewhere the same integer maximum, which
+// vectorises where a float one that must also propagate NaN does not.
+template <class T>
+float block_absmax(const typename T::storage* x, int64_t len) {
+#if defined(BNB8_SIMD_SEARCH)
+  return block_absmax16<T>(x, len);
+#else
+  uint32_t bits = 0;
+#pragma omp simd reduction(max : bits)
+  for (int64_t i = 0; i < len; ++i) bits = std::max(bits, float_to_bits(T::load(x[i])) & 0x7FFFFFFFu);
+  return bits_to_float(bits);
+#endif
+}
+
 template <class T, bool Bucketed>
 void quantize_impl(const QuantizeArgs& a) {
   using S = typename T::storage;
@@ -36,26 +51,16 @@ void quantize_impl(const QuantizeArgs& a) {
     const int64_t start = b * bs, len = std::min(bs, a.n - start);
     const S* xb = x + start;
     uint8_t* cb = codes + start;
-#if defined(BNB8_SIMD_SEARCH)
     // A block holding NaN/Inf gets a NaN absmax and encodes as all zeros (normalize), as the reference does.
-    const float largest = block_absmax16<T>(xb, len);
+    const float largest = block_absmax<T>(xb, len);
     const float m = is_finite(largest) ? largest : nan_absmax();
     absmax[b] = m;
+#if defined(BNB8_SIMD_SEARCH)
     // Fetch the next block (when whole) while this one computes: the absmax pass above then reads
     // cache instead of memory (64M fp32 with 2 threads: 27 -> 22 ms).
     const bool next_whole = (b + 2) * bs <= a.n;
     encode_block16<T>(xb, cb, len, m, search, next_whole ? xb + bs : nullptr);
 #else
-    float m = 0.0f;
-    int32_t bad = 0;
-#pragma omp simd reduction(max : m) reduction(| : bad)
-    for (int64_t i = 0; i < len; ++i) {
-      const float v = T::load(xb[i]);
-      m = std::max(m, fabsf(v));
-      bad |= int32_t(!is_finite(v));
-    }
-    m = bad ? nan_absmax() : m;  // a bad block encodes as all zeros (normalize), as the reference does
-    absmax[b] = m;
     const float* thr = cs.thresholds;
     const int32_t* lo = cs.bucket_lo;
 #pragma omp simd
@@ -197,14 +202,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
   if constexpr (Quantized) {
     for (int k = 0; k < NS; ++k) {
       const float* f = fresh[k];
-#if defined(BNB8_SIMD_SEARCH)
-      const float m = block_absmax16<F32>(f, len);  // max |f|, NaN-propagating like max_magnitude
-#else
-      uint32_t m_bits = 0;  // max_magnitude as an integer reduction, which vectorises
-#pragma omp simd reduction(max : m_bits)
-      for (int64_t i = 0; i < len; ++i) m_bits = std::max(m_bits, float_to_bits(f[i]) & 0x7FFFFFFFu);
-      const float m = bits_to_float(m_bits);
-#endif
+      const float m = block_absmax<F32>(f, len);
       absmax[k][blk] = m;
       uint8_t* c = codes[k];
 #if defined(BNB8_SIMD_SEARCH)

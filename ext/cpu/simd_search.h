@@ -303,9 +303,8 @@ inline __m512 load16(const typename T::storage* p, int count) {
   }
 }
 
-// The largest |x| of a block, NaN-propagating like torch's amax: integer maxima of the magnitude
-// bits, which order like the values with Inf and NaN above every finite value (two accumulators, so
-// consecutive maxima overlap). Faster than GCC's float reduction, which also skipped NaN.
+// The largest |x| of a block, NaN-propagating (max_magnitude of common.h): integer maxima of the
+// magnitude bits (two accumulators, so consecutive maxima overlap). Faster than GCC's float reduction.
 template <class T>
 inline float block_absmax16(const typename T::storage* x, int64_t len) {
   const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
@@ -387,8 +386,8 @@ inline void encode_block16(const typename T::storage* x, uint8_t* codes, int64_t
     }
     return;
   }
-  // An infinite absmax (an optimizer state that overflowed) keeps the clamp: inf / inf is NaN.
-  if (absmax <= 3.4028235e38f) encode_runs<T, false>(x, codes, len, absmax, search, prefetch);
+  // A non-finite absmax (an optimizer state that overflowed) keeps the clamp: inf / inf is NaN.
+  if (is_finite(absmax)) encode_runs<T, false>(x, codes, len, absmax, search, prefetch);
   else encode_runs<T, true>(x, codes, len, absmax, search, prefetch);
 }
 

@@ -107,8 +107,8 @@ struct F16 {
 BNB8_HD bool is_finite(float v) { return (float_to_bits(v) & 0x7F800000u) != 0x7F800000u; }
 
 // max(m, |x|) for a magnitude m, on the bit patterns: they order like the values, Inf and NaN above every
-// finite value, so a NaN propagates like torch's amax (fmaxf would drop it). The new absmax of an
-// optimizer state block (the AVX-512 kernels compute the same with vpmaxud, simd_search.h).
+// finite value, so a NaN propagates like torch's amax (fmaxf would drop it). The absmax of a block
+// (the CPU kernels reduce a whole block at once the same way: block_absmax, ext/cpu/kernels.cpp).
 BNB8_HD float max_magnitude(float m, float x) {
   const uint32_t a = float_to_bits(m), b = float_to_bits(x) & 0x7FFFFFFFu;
   return bits_to_float(a > b ? a : b);
