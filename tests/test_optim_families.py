@@ -296,6 +296,24 @@ def _rule_inputs(rule, dtype, eight_bit, sizes=(300, 4097)):
     return params, grads, states, absmaxes, qmaps, thresholds, buckets
 
 
+def _updated(rule, inputs, hyper, scales, native=True):
+    """One update of a deep copy of ``inputs`` (from _rule_inputs) by the native op or by the reference
+    backend: (params, states, absmaxes, nonfinite)."""
+    params, grads, states, absmaxes, qmaps, thresholds, buckets = copy.deepcopy(inputs)
+    nonfinite = torch.zeros(1, dtype=torch.int64)
+    if native:
+        pad = [[]] * (3 - len(states))
+        _ops.optimizer_update_(
+            rule, params, grads, *states, *pad, *absmaxes, *pad, qmaps, thresholds, buckets, hyper, scales,
+            nonfinite,
+        )  # fmt: skip
+    else:
+        reference.optimizer_update_(
+            rule, params, grads, states, absmaxes, qmaps, thresholds, buckets, hyper, scales, nonfinite
+        )
+    return params, states, absmaxes, nonfinite
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("eight_bit", [True, False], ids=["8bit", "32bit"])
 @pytest.mark.parametrize("rule", sorted(STATE_SIGNS))
@@ -303,26 +321,13 @@ def test_native_rule_matches_reference_backend(rule, eight_bit, dtype):
     inputs = _rule_inputs(rule, dtype, eight_bit)
     hyper = _native.hyper_list(**RULE_HYPER)
     scales = torch.tensor([[1.0, 1.0], [0.5, 2.0]])
-    outs = []
-    for native in (True, False):
-        params, grads, states, absmaxes, qmaps, thresholds, buckets = copy.deepcopy(inputs)
-        nonfinite = torch.zeros(1, dtype=torch.int64)
-        pad = [[]] * (3 - len(states))
-        if native:
-            norms = _ops.optimizer_norms(
-                rule, params, grads, *states, *pad, *absmaxes, *pad, qmaps, hyper, scales
-            )
-            _ops.optimizer_update_(
-                rule, params, grads, *states, *pad, *absmaxes, *pad, qmaps, thresholds, buckets, hyper, scales,
-                nonfinite,
-            )  # fmt: skip
-        else:
-            norms = reference.optimizer_norms(rule, params, grads, states, absmaxes, qmaps, hyper, scales)
-            reference.optimizer_update_(
-                rule, params, grads, states, absmaxes, qmaps, thresholds, buckets, hyper, scales, nonfinite
-            )
-        outs.append((params, states, absmaxes, norms, nonfinite))
-    (p_n, s_n, a_n, norms_n, nf_n), (p_r, s_r, a_r, norms_r, nf_r) = outs
+    params, grads, states, absmaxes, qmaps, _, _ = inputs  # the norms pass writes nothing
+    pad = [[]] * (3 - len(states))
+    norms_n = _ops.optimizer_norms(rule, params, grads, *states, *pad, *absmaxes, *pad, qmaps, hyper, scales)
+    norms_r = reference.optimizer_norms(rule, params, grads, states, absmaxes, qmaps, hyper, scales)
+    (p_n, s_n, a_n, nf_n), (p_r, s_r, a_r, nf_r) = [
+        _updated(rule, inputs, hyper, scales, n) for n in (True, False)
+    ]
     assert nf_n.item() == nf_r.item() == 1
     torch.testing.assert_close(norms_n, norms_r, rtol=1e-4, atol=0)
     for a, b in zip(p_n, p_r):
@@ -341,36 +346,15 @@ def test_state_block_turned_nan_is_stored_like_the_reference():
     """A state block whose values became NaN (after an overflow to Inf: code 0 * Inf) gets a NaN absmax
     and all-zero codes, as the reference's NaN-propagating amax gives — never a finite absmax over
     codes searched from NaN. The other block is untouched by it."""
-    inputs = list(_rule_inputs("lamb", torch.float32, True, sizes=(300, 512)))
-    absmaxes = inputs[3]
+    inputs = _rule_inputs("lamb", torch.float32, True, sizes=(300, 512))
+    codes, absmaxes = inputs[2], inputs[3]
     # second moment of the 512-element tensor, first block: an Inf scale decodes code 0 (value 0) to NaN
     absmaxes[1][1][0] = float("inf")
-    inputs[2][1][1][:256:5] = 0
+    codes[1][1][:256:5] = 0
     hyper = _native.hyper_list(**RULE_HYPER)
     outs = []
     for native in (True, False):
-        params, grads, states, absmaxes, qmaps, thresholds, buckets = copy.deepcopy(inputs)
-        nonfinite = torch.zeros(1, dtype=torch.int64)
-        if native:
-            _ops.optimizer_update_(
-                "lamb",
-                params,
-                grads,
-                *states,
-                [],
-                *absmaxes,
-                [],
-                qmaps,
-                thresholds,
-                buckets,
-                hyper,
-                None,
-                nonfinite,
-            )
-        else:
-            reference.optimizer_update_(
-                "lamb", params, grads, states, absmaxes, qmaps, thresholds, buckets, hyper, None, nonfinite
-            )
+        _, states, absmaxes, _ = _updated("lamb", inputs, hyper, None, native)
         outs.append((states[1][1], absmaxes[1][1]))
     (codes_n, absmax_n), (codes_r, absmax_r) = outs
     assert absmax_n[0].isnan() and absmax_r[0].isnan()
@@ -414,12 +398,7 @@ def test_every_cpu_variant_updates_alike(isa, tmp_path):
     }
     other = run_under_isa(isa, _VARIANT_SCRIPT, cases, tmp_path)
     for name, (rule, inputs, _, _) in cases.items():
-        params, grads, states, absmaxes, qmaps, thresholds, buckets = copy.deepcopy(inputs)
-        pad = [[]] * (3 - len(states))
-        nonfinite = torch.zeros(1, dtype=torch.int64)
-        _ops.optimizer_update_(
-            rule, params, grads, *states, *pad, *absmaxes, *pad, qmaps, thresholds, buckets, hyper, scales, nonfinite
-        )  # fmt: skip
+        params, states, absmaxes, _ = _updated(rule, inputs, hyper, scales)
         # The two AVX-512 variants share all code but the decode; AVX2 has another vector width, where
         # GCC fuses other multiply-adds.
         exact = isa.startswith("avx512") and bnb8._C.cpu_isa().startswith("avx512")
