@@ -76,12 +76,17 @@ struct SearchTree16 {
 };
 
 // The same count in fewer steps when the thresholds fall in runs of equal spacing, as the dynamic maps'
-// do (one run per decade of each sign): within a run [lo, hi] of codes, the thresholds lie on the line
-// A(t[k]) = k + 0.5 of an affine A(y) = y * inv_step - offset, so the index is round(A(y)) clamped to
-// [lo, hi]. A float32 A(y) is within 2^-16 of the true one and the line fits every threshold within
-// 2^-14 (checked when the table is built), so whenever A(y) is more than kTieMargin from a half-integer
-// the rounded value is the exact count; a vector with a lane closer than that (about 1 in 100 vectors
-// on random data, every one on exact midpoints) is recomputed with the tree.
+// do (one run per decade of each sign): within a run [lo, hi] of codes, the thresholds lie on a line, so
+// the index is that line's value at y, rounded and clamped to [lo, hi].
+// The line is shifted into the binade [256, 512), where a float32's ulp u is 2^-15 of a code step and
+// its mantissa is fixed point: bits 15-22 hold the integer part and bits 0-14 the fraction. One
+// multiply-add B(y) = y * inv_step + bias puts threshold k of the run at kBase + k + 1 + kTieOffset, so
+// bits 15-22 of B are the count (one shift, no float-to-int conversion) and B's fraction, less
+// kTieOffset, is the distance past the nearest threshold (one bit test, no rounding). The line fits
+// every threshold within kFitTolerance (checked when the table is built) and the multiply-add rounds
+// by u/2, so whenever the fraction is at least 2 * kTieOffset the count is exact; a vector with a lane
+// closer than that (about 1 in 250 on random data, every one on exact midpoints) is recomputed with
+// the tree.
 // The run holding y is found without a search: |y|'s float exponent, two binades per bucket, picks the
 // run at the bucket's low end and the one threshold where the bucket crosses into the next run.
 struct SegmentSearch16 {
@@ -90,18 +95,20 @@ struct SegmentSearch16 {
   // The dynamic maps have 14 (signed), 8 (unsigned) and 1 (linear) runs; a table with more uses the tree.
   static constexpr int kMaxRuns = 16;
   static constexpr int kBuckets = 16;       // per sign: |y| in [2^(2b-31), 2^(2b-29)), b = 0 also holds 0
-  static constexpr double kFitTolerance = 1.0 / 16384;  // 2^-14, in units of one code step
-  static constexpr float kTieMargin = 1.0f / 4096;      // > fit tolerance + float32 error of A (2^-16)
+  static constexpr double kBase = 256.0;         // B = kBase + count + fraction, in [256, 512)
+  static constexpr int kTieOffset = 4;           // ulps (2^-15 of a step) from a threshold's image to B's integer
+  static constexpr double kUlp = 1.0 / 32768;    // of B, in units of one code step
+  static constexpr double kFitTolerance = 3 * kUlp;  // < kTieOffset - 1/2 ulps: see index()
 
   bool usable = false;
   int num_runs = 0;  // when usable
-  __m512 run_lo, run_hi;     // per run: first and last code index, as floats
-  __m512 inv_step, offset;   // per run: the affine map A
+  __m512 run_lo, run_hi;     // per run: kBase + first and last code index + 1/2 (B's clamp, mid-code)
+  __m512 inv_step, bias;     // per run: the line B(y) = y * inv_step + bias
   __m512i first_run[2];  // per bucket, [0] for y >= 0 and [1] for y < 0: the run at the bucket's low end
   __m512 crossing[2];    // per bucket: the threshold where the next run starts (+inf if none inside)
 
   explicit SegmentSearch16(const float* thr) {
-    alignas(64) float lo_v[kMaxRuns] = {}, hi_v[kMaxRuns] = {}, inv_v[kMaxRuns] = {}, off_v[kMaxRuns] = {};
+    alignas(64) float lo_v[kMaxRuns] = {}, hi_v[kMaxRuns] = {}, inv_v[kMaxRuns] = {}, bias_v[kMaxRuns] = {};
     alignas(64) int32_t first_v[2 * kBuckets];
     alignas(64) float cross_v[2 * kBuckets];
     // Runs of codes whose interior thresholds are equally spaced; a code with an empty range
@@ -125,7 +132,8 @@ struct SegmentSearch16 {
       runs_last[num_runs] = hi;
       // The line through the interior thresholds t[lo..hi-1]; a run with one interior threshold takes
       // the step of its narrower neighbour gap (any slope fits one point; a sane one keeps ties rare).
-      double inv = 0.0, off = -double(lo);
+      // A run without interior thresholds is the constant kBase + lo + 1/2.
+      double inv = 0.0, bias = kBase + lo + 0.5;
       if (hi > lo) {
         double step = hi - lo >= 2 ? (double(thr[hi - 1]) - double(thr[lo])) / (hi - 1 - lo) : INFINITY;
         if (hi - lo == 1) {
@@ -134,16 +142,17 @@ struct SegmentSearch16 {
         }
         if (!(step > 1e-30) || !std::isfinite(step)) return;
         const float inv_f = float(1.0 / step);
-        const float off_f = float(double(thr[lo]) * double(inv_f) - lo - 0.5);
-        for (int j = lo; j < hi; ++j)
-          if (std::fabs(double(thr[j]) * double(inv_f) - double(off_f) - (j + 0.5)) > kFitTolerance) return;
+        const auto image = [&](int j) { return kBase + j + 1 + kTieOffset * kUlp; };  // where B puts t[j]
+        const float bias_f = float(image(lo) - double(thr[lo]) * double(inv_f));
+        for (int j = lo; j < hi; ++j)  // products of two floats are exact in double
+          if (std::fabs(double(thr[j]) * double(inv_f) + double(bias_f) - image(j)) > kFitTolerance) return;
         inv = inv_f;
-        off = off_f;
+        bias = bias_f;
       }
-      lo_v[num_runs] = float(lo);
-      hi_v[num_runs] = float(hi);
+      lo_v[num_runs] = float(kBase + lo + 0.5);
+      hi_v[num_runs] = float(kBase + hi + 0.5);
       inv_v[num_runs] = float(inv);
-      off_v[num_runs] = float(off);
+      bias_v[num_runs] = float(bias);
       ++num_runs;
     }
     // The run holding y: the one whose code range contains #{thresholds below y}.
@@ -166,7 +175,7 @@ struct SegmentSearch16 {
     run_lo = _mm512_load_ps(lo_v);
     run_hi = _mm512_load_ps(hi_v);
     inv_step = _mm512_load_ps(inv_v);
-    offset = _mm512_load_ps(off_v);
+    bias = _mm512_load_ps(bias_v);
     for (int h = 0; h < 2; ++h) {
       first_run[h] = _mm512_load_si512(first_v + 16 * h);
       crossing[h] = _mm512_load_ps(cross_v + 16 * h);
@@ -174,8 +183,14 @@ struct SegmentSearch16 {
     usable = true;
   }
 
-  // The count for each lane of y (in [-1, 1], never NaN); `unsure` marks lanes within kTieMargin of
-  // a threshold, whose result must not be used.
+  // The count for each lane of y (in [-1, 1], never NaN) in the low 8 bits of each lane (the bits
+  // above are not zero: callers store the low byte); `unsure` marks lanes within 4 ulps of a
+  // threshold's image, whose result must not be used.
+  // Why a sure lane is exact: the multiply-add B is within u/2 of the true line, which is within
+  // kFitTolerance = 3u of every threshold's image kBase + k + 1 + 4u. A sure lane's fraction is at
+  // least 8u, so B is at least 4u past the last image at or below it and more than 4u short of the next:
+  // both farther than 3u + u/2, so the line and y agree on every threshold of the run. A lane clamped
+  // to a run end sits at mid-code (fraction 1/2): the run holds y, so the count cannot leave [lo, hi].
   __attribute__((always_inline)) inline __m512i index(__m512 y, __mmask16* unsure) const {
     const __m512i bits = _mm512_castps_si512(y);
     // Bucket key: sign in bit 4, and the bucket in bits 0-3 from the exponent's top 7 bits clamped to
@@ -187,15 +202,13 @@ struct SegmentSearch16 {
     __m512i run = _mm512_permutex2var_epi32(first_run[0], key, first_run[1]);
     const __m512 cross = _mm512_permutex2var_ps(crossing[0], key, crossing[1]);
     run = _mm512_mask_add_epi32(run, _mm512_cmp_ps_mask(cross, y, _CMP_LT_OQ), run, _mm512_set1_epi32(1));
-    const __m512 a = _mm512_fmsub_ps(y, _mm512_permutexvar_ps(run, inv_step), _mm512_permutexvar_ps(run, offset));
-    // Clamp before rounding: y = -1 sits half a step below the first code, and such an outer
-    // half-integer decides nothing.
-    const __m512 inside =
-        _mm512_min_ps(_mm512_max_ps(a, _mm512_permutexvar_ps(run, run_lo)), _mm512_permutexvar_ps(run, run_hi));
-    // inside - round(inside) in one operation (vreduceps), and the rounding conversion in another.
-    const __m512 frac = _mm512_reduce_ps(inside, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    *unsure = _mm512_cmp_ps_mask(_mm512_abs_ps(frac), _mm512_set1_ps(0.5f - kTieMargin), _CMP_GE_OQ);
-    return _mm512_cvt_roundps_epi32(inside, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 b = _mm512_fmadd_ps(y, _mm512_permutexvar_ps(run, inv_step), _mm512_permutexvar_ps(run, bias));
+    // Clamp into the run: y = -1 sits half a step below the first code, and the last threshold of a run
+    // lies off its line; neither decides anything.
+    const __m512i fixed = _mm512_castps_si512(
+        _mm512_min_ps(_mm512_max_ps(b, _mm512_permutexvar_ps(run, run_lo)), _mm512_permutexvar_ps(run, run_hi)));
+    *unsure = _mm512_testn_epi32_mask(fixed, _mm512_set1_epi32(0x7FFF & ~(2 * kTieOffset - 1)));
+    return _mm512_srli_epi32(fixed, 15);
   }
 };
 
