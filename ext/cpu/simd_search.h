@@ -101,7 +101,8 @@ struct SegmentSearch16 {
   static constexpr double kFitTolerance = 3 * kUlp;  // < kTieOffset - 1/2 ulps: see index()
 
   bool usable = false;
-  int num_runs = 0;  // when usable
+  int num_runs = 0;        // when usable
+  bool one_sided = false;  // no threshold below 0 (the unsigned maps): see index<true>
   __m512 run_lo, run_hi;     // per run: kBase + first and last code index + 1/2 (B's clamp, mid-code)
   __m512 inv_step, bias;     // per run: the line B(y) = y * inv_step + bias
   __m512i first_run[2];  // per bucket, [0] for y >= 0 and [1] for y < 0: the run at the bucket's low end
@@ -172,6 +173,14 @@ struct SegmentSearch16 {
         cross_v[sign * kBuckets + b] = r1 > r0 ? thr[runs_last[r0]] : INFINITY;
       }
     }
+    // Every y < 0 has count 0, the count of +0: index<true> sends the negative lanes to bucket 0 of the
+    // positive side, and reads the positive side's tables from the upper half (a key with bit 4 set).
+    one_sided = thr[0] >= 0.0f;
+    if (one_sided)
+      for (int b = 0; b < kBuckets; ++b) {
+        first_v[kBuckets + b] = first_v[b];
+        cross_v[kBuckets + b] = cross_v[b];
+      }
     run_lo = _mm512_load_ps(lo_v);
     run_hi = _mm512_load_ps(hi_v);
     inv_step = _mm512_load_ps(inv_v);
@@ -191,14 +200,23 @@ struct SegmentSearch16 {
   // least 8u, so B is at least 4u past the last image at or below it and more than 4u short of the next:
   // both farther than 3u + u/2, so the line and y agree on every threshold of the run. A lane clamped
   // to a run end sits at mid-code (fraction 1/2): the run holds y, so the count cannot leave [lo, hi].
+  // OneSided (tables with one_sided set) finds the bucket in two operations instead of five.
+  template <bool OneSided>
   __attribute__((always_inline)) inline __m512i index(__m512 y, __mmask16* unsure) const {
     const __m512i bits = _mm512_castps_si512(y);
-    // Bucket key: sign in bit 4, and the bucket in bits 0-3 from the exponent's top 7 bits clamped to
-    // 48..63 (|y| <= 1 has exponent <= 127; everything below 2^-29 joins bucket 0).
-    const __m512i exp_half = _mm512_max_epu32(
-        _mm512_and_si512(_mm512_srli_epi32(bits, 24), _mm512_set1_epi32(0x7F)), _mm512_set1_epi32(48));
-    const __m512i key = _mm512_ternarylogic_epi32(exp_half, _mm512_srli_epi32(bits, 27), _mm512_set1_epi32(16),
-                                                  0xD8);  // bit 4 from the sign, the rest from exp_half
+    __m512i key;
+    if constexpr (OneSided) {
+      // The exponent's top 7 bits clamped to 48..63 (bit 4 set), from a signed shift: a negative lane's
+      // key is negative and clamps to 48, bucket 0.
+      key = _mm512_max_epi32(_mm512_srai_epi32(bits, 24), _mm512_set1_epi32(48));
+    } else {
+      // Sign in bit 4, and the bucket in bits 0-3 from the exponent's top 7 bits clamped to 48..63
+      // (|y| <= 1 has exponent <= 127; everything below 2^-29 joins bucket 0).
+      const __m512i exp_half = _mm512_max_epu32(
+          _mm512_and_si512(_mm512_srli_epi32(bits, 24), _mm512_set1_epi32(0x7F)), _mm512_set1_epi32(48));
+      key = _mm512_ternarylogic_epi32(exp_half, _mm512_srli_epi32(bits, 27), _mm512_set1_epi32(16),
+                                      0xD8);  // bit 4 from the sign, the rest from exp_half
+    }
     __m512i run = _mm512_permutex2var_epi32(first_run[0], key, first_run[1]);
     const __m512 cross = _mm512_permutex2var_ps(crossing[0], key, crossing[1]);
     run = _mm512_mask_add_epi32(run, _mm512_cmp_ps_mask(cross, y, _CMP_LT_OQ), run, _mm512_set1_epi32(1));
@@ -347,7 +365,7 @@ inline __m512 normalize16(__m512 x, float absmax) {
 // The run search over one block (see encode_block16), for a normalize16 with or without its clamp.
 // The lanes the runs are unsure of are redone with the tree in a second pass: a call or the tree's 16
 // registers inside the first loop would slow every vector, not just the rare unsure ones.
-template <class T, bool Clamp>
+template <class T, bool Clamp, bool OneSided>
 inline void encode_runs(const typename T::storage* x, uint8_t* codes, int64_t len, float absmax,
                         const Search16& search, const typename T::storage* prefetch) {
   const auto y_at = [&](int64_t i) {
@@ -368,13 +386,13 @@ inline void encode_runs(const typename T::storage* x, uint8_t* codes, int64_t le
     for (; i + 16 <= c1; i += 16) {
       if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(prefetch + i), _MM_HINT_T0);
       __mmask16& u = unsure[(i - c0) / 16];
-      const __m512i idx = runs.index(normalize16<Clamp>(load16<T>(x + i, 16), absmax), &u);
+      const __m512i idx = runs.template index<OneSided>(normalize16<Clamp>(load16<T>(x + i, 16), absmax), &u);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
       any |= u;
     }
     if (i < c1) {
       __mmask16& u = unsure[(i - c0) / 16];
-      store(i, runs.index(y_at(i), &u));
+      store(i, runs.template index<OneSided>(y_at(i), &u));
       any |= u;
     }
     if (any) [[unlikely]]
@@ -400,8 +418,11 @@ inline void encode_block16(const typename T::storage* x, uint8_t* codes, int64_t
     return;
   }
   // A non-finite absmax (an optimizer state that overflowed) keeps the clamp: inf / inf is NaN.
-  if (is_finite(absmax)) encode_runs<T, false>(x, codes, len, absmax, search, prefetch);
-  else encode_runs<T, true>(x, codes, len, absmax, search, prefetch);
+  const bool one_sided = search.runs.one_sided;
+  if (is_finite(absmax) && one_sided) encode_runs<T, false, true>(x, codes, len, absmax, search, prefetch);
+  else if (is_finite(absmax)) encode_runs<T, false, false>(x, codes, len, absmax, search, prefetch);
+  else if (one_sided) encode_runs<T, true, true>(x, codes, len, absmax, search, prefetch);
+  else encode_runs<T, true, false>(x, codes, len, absmax, search, prefetch);
 }
 
 }  // namespace bnb8::cpu::BNB8_ISA
