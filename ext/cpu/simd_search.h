@@ -85,7 +85,7 @@ struct SearchTree16 {
 // kTieOffset, is the distance past the nearest threshold (one bit test, no rounding). The line fits
 // every threshold within kFitTolerance (checked when the table is built) and the multiply-add rounds
 // by u/2, so whenever the fraction is at least 2 * kTieOffset the count is exact; a vector with a lane
-// closer than that (about 1 in 250 on random data, every one on exact midpoints) is recomputed with
+// closer than that (1 in 265 on normally distributed data, every one on exact midpoints) is recomputed with
 // the tree.
 // The run holding y is found without a search: |y|'s float exponent, two binades per bucket, picks the
 // run at the bucket's low end and the one threshold where the bucket crosses into the next run.
