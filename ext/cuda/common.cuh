@@ -86,32 +86,27 @@ int persistent_grid(int device, int64_t ctas_needed) {
 
 #if defined(__CUDACC__)
 
+// Butterfly reduction over Width lanes (a power of two, at most 32): every lane ends with op over all.
+template <int Width = 32, class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+#pragma unroll
+  for (int offset = Width / 2; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
 template <int Width = 32>
 __device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int offset = Width / 2; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
+  return warp_reduce<Width>(v, [](float a, float b) { return fmaxf(a, b); });
 }
 
 // warp_max of magnitudes with max_magnitude (NaN propagates).
 __device__ __forceinline__ float warp_max_magnitude(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v = max_magnitude(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
+  return warp_reduce(v, [](float m, float x) { return max_magnitude(m, x); });
 }
 
-template <int Width = 32>
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = Width / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-template <int Width = 32>
-__device__ __forceinline__ int64_t warp_sum(int64_t v) {
-#pragma unroll
-  for (int offset = Width / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
+template <int Width = 32, class T>
+__device__ __forceinline__ T warp_sum(T v) {
+  return warp_reduce<Width>(v, [](T a, T b) { return a + b; });
 }
 
 // kVec consecutive elements as one aligned access (LDG.32/64/128 for 1/2/4-byte elements).
