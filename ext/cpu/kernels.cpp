@@ -118,25 +118,58 @@ BNB8_HD float bit_select(bool ok, float a, float b) {
   return bits_to_float((float_to_bits(a) & mask) | (float_to_bits(b) & ~mask));
 }
 
-// Per-state tables built once per call: with AVX-512, the code table and its search in registers
+// Per-state tables built once per call: with AVX-512, the code tables and their searches in registers
 // (simd_search.h); elsewhere the loops below gather from memory.
 #if defined(BNB8_SIMD_SEARCH)
-struct StateTables {
-  CodeTable code;
-  Search16 search;
-  StateTables(const float* qmap, const float* thresholds) : code(qmap), search(thresholds) {}
-};
-using Tables = const StateTables*;
-using CodeTables = const CodeTable*;
-constexpr bool kDecodeAhead = true;  // decode a block's codes with permutes before the update loop
+using CodeTables = const CodeTable*;  // [state]
+using Searches = const Search16*;     // [state]
+constexpr bool kDecodeAhead = true;   // decode a block's codes with permutes before the update loop
 #else
-using Tables = const void*;
 using CodeTables = const void*;
+using Searches = const void*;
 constexpr bool kDecodeAhead = false;
 #endif
 
+// One block's optimizer states, set up the same way for update_block and norms_block: per state the
+// block's codes (8-bit) or floats (32-bit), its absmax entry and old value, and the code table. With
+// kDecodeAhead the constructor decodes the block into the caller's `decoded` (update_block then
+// overwrites it with the new values before requantizing). `decoded` is a separate local array, not a
+// member: stores into a member array kept GCC from keeping the pointers in registers (step +11 %).
+template <int NS, bool Quantized>
+struct BlockStates {
+  uint8_t* codes[NS];
+  float* fstate[NS];
+  float* absmax[NS];
+  float old_absmax[NS];
+  const float* qmap[NS];
+
+  BlockStates(const UpdateArgs& a, const TensorSlot& slot, int64_t blk, int64_t len, [[maybe_unused]] CodeTables code,
+              [[maybe_unused]] float (&decoded)[NS][kOptimBlock]) {
+    const int64_t start = blk * kOptimBlock;
+    for (int k = 0; k < NS; ++k) {
+      codes[k] = reinterpret_cast<uint8_t*>(slot.state[k]) + start;
+      fstate[k] = reinterpret_cast<float*>(slot.state[k]) + start;
+      absmax[k] = reinterpret_cast<float*>(slot.absmax[k]);
+      old_absmax[k] = Quantized ? absmax[k][blk] : 0.0f;
+      qmap[k] = a.qmap[k];
+    }
+#if defined(BNB8_SIMD_SEARCH)
+    if constexpr (Quantized)
+      for (int k = 0; k < NS; ++k) decode_block(codes[k], len, old_absmax[k], code[k], decoded[k]);
+#else
+    (void)len;
+#endif
+  }
+
+  // State k of element i as the update reads it.
+  float operator()(int k, int64_t i, const float (&decoded)[NS][kOptimBlock]) const {
+    return !Quantized ? fstate[k][i] : kDecodeAhead ? decoded[k][i] : decode(codes[k][i], old_absmax[k], qmap[k]);
+  }
+};
+
 template <class Rule, class T, bool Quantized, bool Bucketed>
-int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused]] Tables tables) {
+int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, CodeTables code_tables,
+                     [[maybe_unused]] Searches searches) {
   constexpr int NS = Rule::kStates;
   using S = typename T::storage;
   const TensorSlot& slot = a.slots[t];
@@ -146,26 +179,8 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
   const int64_t start = blk * kOptimBlock, len = std::min(kOptimBlock, slot.n - start);
   S* p = reinterpret_cast<S*>(slot.p) + start;
   const S* g = reinterpret_cast<const S*>(slot.g) + start;
-
-  uint8_t* codes[NS];
-  float* fstate[NS];
-  float* absmax[NS];
-  float old_absmax[NS];
-  const float* qmap[NS];
-  for (int k = 0; k < NS; ++k) {
-    codes[k] = reinterpret_cast<uint8_t*>(slot.state[k]) + start;
-    fstate[k] = reinterpret_cast<float*>(slot.state[k]) + start;
-    absmax[k] = reinterpret_cast<float*>(slot.absmax[k]);
-    old_absmax[k] = Quantized ? absmax[k][blk] : 0.0f;
-    qmap[k] = a.qmap[k];
-  }
-  // The block's state values: decoded here first (kDecodeAhead), then overwritten with the new
-  // values before requantization.
-  float fresh[NS][kOptimBlock];
-#if defined(BNB8_SIMD_SEARCH)
-  if constexpr (Quantized)
-    for (int k = 0; k < NS; ++k) decode_block(codes[k], len, old_absmax[k], tables[k].code, fresh[k]);
-#endif
+  float fresh[NS][kOptimBlock];  // the decoded states, then the new ones
+  const BlockStates<NS, Quantized> st(a, slot, blk, len, code_tables, fresh);
   int32_t skipped = 0;  // 32-bit: a 64-bit count took GCC ~9 extra vector operations per 16 elements
 
 #pragma omp simd reduction(+ : skipped)
@@ -173,10 +188,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
     const float gi = T::load(g[i]) * gscale;
     const float pi = T::load(p[i]);
     float s[NS], s_old[NS];
-    for (int k = 0; k < NS; ++k) {
-      s[k] = !Quantized ? fstate[k][i] : kDecodeAhead ? fresh[k][i] : decode(codes[k][i], old_absmax[k], qmap[k]);
-      s_old[k] = s[k];
-    }
+    for (int k = 0; k < NS; ++k) s_old[k] = s[k] = st(k, i, fresh);
     const float u = Rule::direction(gi, pi, s, h);
     // A non-finite (or, with skip_zeros, zero) gradient element leaves its parameter and states as they were.
     const bool ok = updates_element(gi, h);
@@ -194,7 +206,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
       const float v = bit_select(ok, s[k], s_old[k]);
 #endif
       if constexpr (Quantized) fresh[k][i] = v;
-      else fstate[k][i] = v;
+      else st.fstate[k][i] = v;
     }
     skipped += int32_t(!is_finite(gi));
   }
@@ -203,10 +215,10 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
     for (int k = 0; k < NS; ++k) {
       const float* f = fresh[k];
       const float m = block_absmax<F32>(f, len);
-      absmax[k][blk] = m;
-      uint8_t* c = codes[k];
+      st.absmax[k][blk] = m;
+      uint8_t* c = st.codes[k];
 #if defined(BNB8_SIMD_SEARCH)
-      encode_block16<F32>(f, c, len, m, tables[k].search);
+      encode_block16<F32>(f, c, len, m, searches[k]);
 #else
       const float* thr = a.search[k].thresholds;
       const int32_t* lo = a.search[k].bucket_lo;
@@ -220,8 +232,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused
 
 // Sum of u^2 and p^2 over one block, from the same arithmetic as update_block, writing nothing.
 template <class Rule, class T, bool Quantized>
-void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused]] CodeTables code_tables, double* uu,
-                 double* pp) {
+void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, CodeTables code_tables, double* uu, double* pp) {
   constexpr int NS = Rule::kStates;
   using S = typename T::storage;
   const TensorSlot& slot = a.slots[t];
@@ -230,29 +241,15 @@ void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused]] C
   const int64_t start = blk * kOptimBlock, len = std::min(kOptimBlock, slot.n - start);
   const S* p = reinterpret_cast<const S*>(slot.p) + start;
   const S* g = reinterpret_cast<const S*>(slot.g) + start;
-  const uint8_t* codes[NS];
-  const float* fstate[NS];
-  float old_absmax[NS];
-  const float* qmap[NS];
-  for (int k = 0; k < NS; ++k) {
-    codes[k] = reinterpret_cast<const uint8_t*>(slot.state[k]) + start;
-    fstate[k] = reinterpret_cast<const float*>(slot.state[k]) + start;
-    old_absmax[k] = Quantized ? reinterpret_cast<const float*>(slot.absmax[k])[blk] : 0.0f;
-    qmap[k] = a.qmap[k];
-  }
   float decoded[NS][kOptimBlock];
-#if defined(BNB8_SIMD_SEARCH)
-  if constexpr (Quantized)
-    for (int k = 0; k < NS; ++k) decode_block(codes[k], len, old_absmax[k], code_tables[k], decoded[k]);
-#endif
+  const BlockStates<NS, Quantized> st(a, slot, blk, len, code_tables, decoded);
   float su = 0.0f, sp = 0.0f;
 #pragma omp simd reduction(+ : su, sp)
   for (int64_t i = 0; i < len; ++i) {
     const float gi = T::load(g[i]) * gscale;
     const float pi = T::load(p[i]);
     float s[NS];
-    for (int k = 0; k < NS; ++k)
-      s[k] = !Quantized ? fstate[k][i] : kDecodeAhead ? decoded[k][i] : decode(codes[k][i], old_absmax[k], qmap[k]);
+    for (int k = 0; k < NS; ++k) s[k] = st(k, i, decoded);
     const float u = Rule::direction(gi, pi, s, h);
     su += updates_element(gi, h) ? u * u : 0.0f;
     sp += pi * pi;
@@ -261,42 +258,52 @@ void norms_block(const UpdateArgs& a, int64_t t, int64_t blk, [[maybe_unused]] C
   *pp = sp;
 }
 
+// The per-state tables of one call (AVX-512 builds; nothing elsewhere).
+struct CallTables {
+#if defined(BNB8_SIMD_SEARCH)
+  std::vector<CodeTable> code;
+  std::vector<Search16> search;
+  CallTables(const UpdateArgs& a, int states, bool with_search) {
+    if (!a.quantized) return;
+    for (int k = 0; k < states; ++k) {
+      code.emplace_back(a.qmap[k]);
+      if (with_search) search.emplace_back(a.search[k].thresholds);
+    }
+  }
+  CodeTables codes() const { return code.data(); }
+  Searches searches() const { return search.data(); }
+#else
+  CallTables(const UpdateArgs&, int, bool) {}
+  CodeTables codes() const { return nullptr; }
+  Searches searches() const { return nullptr; }
+#endif
+};
+
 template <class Rule, class T>
 void update_typed(const UpdateArgs& a) {
   const bool bucketed = a.search[0].bucket_lo != nullptr;
-#if defined(BNB8_SIMD_SEARCH)
-  std::vector<StateTables> storage;
-  if (a.quantized)
-    for (int k = 0; k < Rule::kStates; ++k) storage.emplace_back(a.qmap[k], a.search[k].thresholds);
-  const Tables tables = storage.data();
-#else
-  const Tables tables = nullptr;
-#endif
+  const CallTables tables(a, Rule::kStates, /*with_search=*/true);
+  const CodeTables code = tables.codes();
+  const Searches search = tables.searches();
   int64_t skipped;
   if (!a.quantized)
-    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, false, false>(a, t, b, tables); });
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, false, false>(a, t, b, code, search); });
   else if (bucketed)
-    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, true>(a, t, b, tables); });
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, true>(a, t, b, code, search); });
   else
-    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, false>(a, t, b, tables); });
+    skipped = for_each_block(a, [&](int64_t t, int64_t b) { return update_block<Rule, T, true, false>(a, t, b, code, search); });
   if (a.nonfinite) *a.nonfinite += skipped;
 }
 
 template <class Rule, class T>
 void norms_typed(const UpdateArgs& a) {
   std::vector<double> acc(2 * a.num_tensors, 0.0);
-#if defined(BNB8_SIMD_SEARCH)
-  std::vector<CodeTable> storage;
-  if (a.quantized)
-    for (int k = 0; k < Rule::kStates; ++k) storage.emplace_back(a.qmap[k]);
-  const CodeTables tables = storage.data();
-#else
-  const CodeTables tables = nullptr;
-#endif
+  const CallTables tables(a, Rule::kStates, /*with_search=*/false);
+  const CodeTables code = tables.codes();
   for_each_block(a, [&](int64_t t, int64_t blk) -> int64_t {
     double uu, pp;
-    if (a.quantized) norms_block<Rule, T, true>(a, t, blk, tables, &uu, &pp);
-    else norms_block<Rule, T, false>(a, t, blk, tables, &uu, &pp);
+    if (a.quantized) norms_block<Rule, T, true>(a, t, blk, code, &uu, &pp);
+    else norms_block<Rule, T, false>(a, t, blk, code, &uu, &pp);
 #pragma omp atomic
     acc[2 * t] += uu;
 #pragma omp atomic
