@@ -67,12 +67,14 @@ __global__ void __launch_bounds__(kThreads)
     }
     m = group_max<TPB>(m, s_scratch);
     bad = group_max<TPB>(bad, s_scratch);
-    if (t == 0 && len > 0) absmax[b] = bad != 0.0f ? nan_absmax() : m;
+    // A block holding NaN/Inf gets a NaN absmax and encodes as the code of 0 (normalize), as on the CPU.
+    const float scale = bad != 0.0f ? nan_absmax() : m;
+    if (t == 0 && len > 0) absmax[b] = scale;
 #pragma unroll
     for (int c = 0; c < kSteps; ++c) {
       uint8_t out[kVec];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) out[j] = encode<Bucketed>(v[c][j], m, s_thr, bucket_lo);
+      for (int j = 0; j < kVec; ++j) out[j] = encode<Bucketed>(v[c][j], scale, s_thr, bucket_lo);
       store_pack(codes + start, int64_t(c * TPB + t) * kVec, len, whole, out);
     }
   }

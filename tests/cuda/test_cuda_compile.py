@@ -8,7 +8,11 @@ import torch
 import bnb8.functional as F
 from bnb8 import _native
 
-pytestmark = pytest.mark.cuda
+# Inductor itself touches torch.jit.script_method (deprecated in torch 2.13): torch's warning, not ours.
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+]
 
 
 def test_compiled_update_op_matches_eager():
