@@ -114,7 +114,7 @@ struct SegmentSearch16 {
     alignas(64) float cross_v[2 * kBuckets];
     // Runs of codes whose interior thresholds are equally spaced; a code with an empty range
     // (t[k-1] == t[k], repeated codes) is never the answer and gets no run.
-    int runs_first[256], runs_last[256];
+    int runs_last[256];
     auto lower = [&](int k) { return k > 0 ? double(thr[k - 1]) : -INFINITY; };
     for (int k = 0; k < 256;) {
       int lo = k, hi = k;
@@ -129,7 +129,6 @@ struct SegmentSearch16 {
       k = hi + 1;
       if (!(lower(lo) < double(thr[hi]))) continue;  // empty range
       if (num_runs == kMaxRuns) return;
-      runs_first[num_runs] = lo;
       runs_last[num_runs] = hi;
       // The line through the interior thresholds t[lo..hi-1]; a run with one interior threshold takes
       // the step of its narrower neighbour gap (any slope fits one point; a sane one keeps ties rare).
