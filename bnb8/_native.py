@@ -14,6 +14,7 @@ import torch
 from bnb8 import _C as C
 
 FLOAT_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)  # quantization block sizes every kernel supports
 
 # Fields of the C++ struct bnb8::Hyper (ext/include/bnb8/optim.h), in the order ops pass them.
 HYPER_FIELDS = (
@@ -145,3 +146,130 @@ def slot_table(
 def num_threads() -> int:
     """The CPU kernels use as many threads as torch does (torch.set_num_threads applies to both)."""
     return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------------------- raw op arguments
+# The ops of bnb8._ops are reachable as torch.ops.bnb8.*; their native kernels (bnb8.backends.cpu,
+# bnb8.backends.cuda) run these checks first, so a wrong buffer is an error, never a stray write.
+
+
+def check_on(device: torch.device, name: str, t: torch.Tensor | None) -> None:
+    """``t`` (if given) lies on ``device`` and is contiguous: kernels read raw memory."""
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.device != device:
+        raise ValueError(
+            f"{name}: expected a tensor on {device} (like the other arguments), got one on {t.device}"
+        )
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor (the kernels read raw memory)")
+
+
+def check_buffer(device: torch.device, name: str, t: torch.Tensor, dtype: torch.dtype, numel: int) -> None:
+    """``t`` is a contiguous ``numel``-element ``dtype`` tensor on ``device``."""
+    check_on(device, name, t)
+    if t.dtype != dtype or t.numel() != numel:
+        raise ValueError(f"{name}: expected {numel} elements of {dtype}, got {t.numel()} of {t.dtype}")
+
+
+def check_search_tables(
+    device: torch.device, name: str, thresholds: torch.Tensor, bucket_lo: torch.Tensor | None
+) -> None:
+    """The tables of ``bnb8.functional.code_search_tables``: 256 float32 thresholds (the last one +inf)
+    and NUM_BUCKETS int32 bucket starts, or none (an empty tensor / None: bisection)."""
+    check_buffer(device, f"{name} thresholds", thresholds, torch.float32, 256)
+    if bucket_lo is not None and bucket_lo.numel() != 0:
+        check_buffer(device, f"{name} bucket_lo", bucket_lo, torch.int32, C.NUM_BUCKETS)
+
+
+def check_blocksize(blocksize: int) -> None:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in BLOCKSIZES:
+        raise ValueError(f"blocksize: expected one of {BLOCKSIZES}, got {blocksize!r}")
+
+
+def check_quantize(A: torch.Tensor, thresholds: torch.Tensor, bucket_lo: torch.Tensor | None, blocksize: int,
+                   codes: torch.Tensor, absmax: torch.Tensor) -> None:  # fmt: skip
+    check_blocksize(blocksize)
+    check_on(A.device, "A", A)
+    dtype_code(A, "A")
+    check_search_tables(A.device, "code", thresholds, bucket_lo)
+    check_buffer(A.device, "codes", codes, torch.uint8, A.numel())
+    check_buffer(A.device, "absmax", absmax, torch.float32, (A.numel() + blocksize - 1) // blocksize)
+
+
+def check_dequantize(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int,
+                     out: torch.Tensor) -> None:  # fmt: skip
+    check_blocksize(blocksize)
+    check_on(out.device, "out", out)
+    dtype_code(out, "out")
+    check_buffer(out.device, "codes", codes, torch.uint8, out.numel())
+    check_buffer(out.device, "absmax", absmax, torch.float32, (out.numel() + blocksize - 1) // blocksize)
+    check_buffer(out.device, "code", code, torch.float32, 256)
+
+
+def check_update(rule: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                 states: Sequence[Sequence[torch.Tensor]], absmaxes: Sequence[Sequence[torch.Tensor]],
+                 qmaps: Sequence[torch.Tensor], thresholds: Sequence[torch.Tensor] | None,
+                 bucket_lo: Sequence[torch.Tensor], scales: torch.Tensor | None,
+                 nonfinite: torch.Tensor | None) -> bool:  # fmt: skip
+    """Checks a multi-tensor update (``thresholds=None``: the norms pass, which only decodes) and
+    returns whether its states are 8-bit. ``states``/``absmaxes`` hold the non-empty lists only."""
+    device = params[0].device
+    rule_index(rule)  # a clear error for an unknown rule
+    n_states = RULES[rule][1]
+    if len(grads) != len(params):
+        raise ValueError(f"grads: expected one gradient per parameter ({len(params)}), got {len(grads)}")
+    if len(states) != n_states:
+        raise ValueError(f"rule {rule!r} needs {n_states} state lists, got {len(states)}")
+    quantized = states[0][0].dtype == torch.uint8
+    if quantized:
+        if len(absmaxes) != n_states:
+            raise ValueError(
+                f"rule {rule!r} with 8-bit states needs {n_states} absmax lists, got {len(absmaxes)}"
+            )
+        if len(qmaps) < n_states or (thresholds is not None and len(thresholds) < n_states):
+            raise ValueError(f"rule {rule!r} with 8-bit states needs {n_states} qmaps and thresholds")
+        for k in range(n_states):
+            check_buffer(device, f"qmaps[{k}]", qmaps[k], torch.float32, 256)
+            if thresholds is not None:
+                check_search_tables(
+                    device, f"state {k + 1}", thresholds[k], bucket_lo[k] if k < len(bucket_lo) else None
+                )
+    dtype = params[0].dtype
+    dtype_code(params[0], "params[0]")
+    want = torch.uint8 if quantized else torch.float32
+    for i, (p, g) in enumerate(zip(params, grads)):
+        check_on(device, f"params[{i}]", p)
+        check_on(device, f"grads[{i}]", g)
+        if p.dtype != dtype or g.dtype != dtype:
+            raise TypeError(
+                f"params[{i}]/grads[{i}]: expected {dtype} like params[0], got {p.dtype}/{g.dtype}"
+            )
+        n = p.numel()
+        if g.numel() != n:
+            raise ValueError(f"grads[{i}]: expected {n} elements like params[{i}], got {g.numel()}")
+        for k in range(n_states):
+            if len(states[k]) != len(params):
+                raise ValueError(
+                    f"state{k + 1}: expected one tensor per parameter ({len(params)}), got {len(states[k])}"
+                )
+            check_buffer(device, f"state{k + 1}[{i}]", states[k][i], want, n)
+            if quantized:
+                if len(absmaxes[k]) != len(params):
+                    raise ValueError(
+                        f"absmax{k + 1}: expected one tensor per parameter ({len(params)}), got {len(absmaxes[k])}"
+                    )
+                check_buffer(
+                    device,
+                    f"absmax{k + 1}[{i}]",
+                    absmaxes[k][i],
+                    torch.float32,
+                    (n + C.OPTIM_BLOCK - 1) // C.OPTIM_BLOCK,
+                )
+    if scales is not None:
+        check_buffer(device, "scales", scales, torch.float32, 2 * len(params))
+    if nonfinite is not None:
+        check_buffer(device, "nonfinite", nonfinite, torch.int64, 1)
+    return quantized

@@ -29,7 +29,7 @@ __all__ = [
     "quantize_blockwise",
 ]
 
-BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
+BLOCKSIZES = _native.BLOCKSIZES
 
 
 def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
@@ -156,11 +156,6 @@ class QuantState:
         return self.state2 is not None
 
 
-def _check_blocksize(blocksize: int) -> None:
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in BLOCKSIZES:
-        raise ValueError(f"blocksize: expected one of {BLOCKSIZES}, got {blocksize!r}")
-
-
 def quantize_blockwise(
     A: torch.Tensor,
     code: torch.Tensor | None = None,
@@ -184,7 +179,7 @@ def quantize_blockwise(
         (codes, QuantState): codes shaped like ``A`` and what :func:`dequantize_blockwise` needs.
     """
     _native.check_float_tensor(A, "A")
-    _check_blocksize(blocksize)
+    _native.check_blocksize(blocksize)
     if code is None:
         code = dynamic_map(True, A.device)
     _check_code(code, A.device)
@@ -245,7 +240,7 @@ def dequantize_blockwise(
     scales = qs.absmax
     if qs.nested:
         scales = dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
-    _check_blocksize(qs.blocksize)
+    _native.check_blocksize(qs.blocksize)
     _check_code(qs.code, A.device)
     nblocks = (A.numel() + qs.blocksize - 1) // qs.blocksize
     if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.numel() != nblocks:

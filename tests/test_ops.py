@@ -111,3 +111,122 @@ def test_compile_quantize_dequantize_fullgraph(device, dtype):
     got = compiled(x)
     codes, state = F.quantize_blockwise(x, code=code, blocksize=blocksize)
     assert torch.equal(got, F.dequantize_blockwise(codes, state) * 2)
+
+
+# ------------------------------------------------------------------ raw ops: bad buffers are errors
+# torch.ops.bnb8.* are reachable by anyone; their native kernels trust addresses, so every wrong buffer
+# must be refused before a kernel runs (a stray write would corrupt memory, not raise).
+
+
+def _quantize_args(device):
+    thresholds, bucket_lo = F.code_search_tables(F.dynamic_map(True, device))
+    A = torch.randn(1000, device=device)
+    codes = torch.zeros(1000, dtype=torch.uint8, device=device)
+    absmax = torch.zeros(4, device=device)
+    return {"A": A, "thresholds": thresholds, "bucket_lo": bucket_lo, "blocksize": 256, "codes": codes,
+            "absmax": absmax}  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"absmax": torch.zeros(4, dtype=torch.float16)}, "absmax: expected 4 elements of torch.float32"),
+        ({"absmax": torch.zeros(3)}, "absmax: expected 4 elements"),
+        ({"codes": torch.zeros(1000, dtype=torch.int32)}, "codes: expected 1000 elements of torch.uint8"),
+        ({"codes": torch.zeros(999, dtype=torch.uint8)}, "codes: expected 1000 elements"),
+        ({"codes": torch.zeros(2000, dtype=torch.uint8)[::2]}, "codes: expected a contiguous tensor"),
+        ({"thresholds": torch.zeros(128)}, "code thresholds: expected 256 elements of torch.float32"),
+        ({"bucket_lo": torch.zeros(7, dtype=torch.int32)}, "code bucket_lo: expected"),
+        ({"blocksize": 100}, "blocksize: expected one of"),
+        ({"A": torch.zeros(1000, dtype=torch.int32)}, "A: expected float32, float16 or bfloat16"),
+    ],
+    ids=[
+        "absmax-dtype",
+        "absmax-size",
+        "codes-dtype",
+        "codes-size",
+        "codes-strided",
+        "thresholds",
+        "bucket_lo",
+        "blocksize",
+        "A-dtype",
+    ],  # fmt: skip
+)
+def test_raw_quantize_refuses_bad_buffers(device, change, match):
+    args = _quantize_args(device)
+    args.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in change.items()})
+    codes_before, absmax_before = args["codes"].clone(), args["absmax"].clone()
+    with pytest.raises((ValueError, TypeError), match=match):
+        torch.ops.bnb8.quantize_blockwise_(*args.values())
+    assert torch.equal(args["codes"], codes_before) and torch.equal(args["absmax"], absmax_before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"absmax": torch.ones(4, dtype=torch.float64)}, "absmax: expected 4 elements of torch.float32"),
+        ({"codes": torch.zeros(1000, dtype=torch.int8)}, "codes: expected 1000 elements of torch.uint8"),
+        ({"code": torch.zeros(255)}, "code: expected 256 elements of torch.float32"),
+        ({"blocksize": 0}, "blocksize: expected one of"),
+    ],
+    ids=["absmax", "codes", "code", "blocksize"],
+)
+def test_raw_dequantize_refuses_bad_buffers(device, change, match):
+    args = {"codes": torch.zeros(1000, dtype=torch.uint8, device=device), "absmax": torch.ones(4, device=device),
+            "code": F.dynamic_map(True, device), "blocksize": 256, "out": torch.full((1000,), 7.0, device=device)}  # fmt: skip
+    args.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in change.items()})
+    with pytest.raises((ValueError, TypeError), match=match):
+        torch.ops.bnb8.dequantize_blockwise_(*args.values())
+    assert (args["out"] == 7.0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "where, match",
+    [
+        ("absmax-dtype", r"absmax1\[1\]: expected 4 elements of torch.float32"),
+        ("absmax-size", r"absmax2\[0\]: expected 2 elements"),
+        ("absmax-missing", "needs 2 absmax lists"),
+        ("state-dtype", r"state2\[1\]: expected 1000 elements of torch.uint8"),
+        ("state-count", "state1: expected one tensor per parameter"),
+        ("qmap", r"qmaps\[1\]: expected 256 elements of torch.float32"),
+        ("thresholds", "state 1 thresholds: expected 256 elements"),
+        ("bucket_lo", "state 2 bucket_lo: expected"),
+        ("grad-size", r"grads\[0\]: expected 300 elements"),
+        ("scales", "scales: expected 4 elements of torch.float32"),
+        ("rule", "rule: unknown update rule"),
+    ],
+)
+def test_raw_update_refuses_bad_buffers(device, where, match):
+    p, g, s1, s2, a1, a2, qmaps, thr, lo, hyper, scales = _adam_args(device, torch.float32, True)
+    rule = "adam"
+    if where == "absmax-dtype":
+        a1[1] = a1[1].half()
+    elif where == "absmax-size":
+        a2[0] = a2[0][:1]
+    elif where == "absmax-missing":
+        a2 = []
+    elif where == "state-dtype":
+        s2[1] = s2[1].to(torch.int16)
+    elif where == "state-count":
+        s1 = s1[:1]
+    elif where == "qmap":
+        qmaps[1] = qmaps[1][:256].double()
+    elif where == "thresholds":
+        thr[0] = thr[0][:100]
+    elif where == "bucket_lo":
+        lo[1] = lo[1][:3]
+    elif where == "grad-size":
+        g[0] = g[0][:-1]
+    elif where == "scales":
+        scales = scales.double()
+    elif where == "rule":
+        rule = "adamm"
+    before = [t.clone() for t in p + s1 + s2 + a1]
+    with pytest.raises((ValueError, TypeError), match=match):
+        torch.ops.bnb8.optimizer_update_(
+            rule, p, g, s1, s2, [], a1, a2, [], qmaps, thr, lo, hyper, scales, None
+        )
+    assert all(torch.equal(a, b) for a, b in zip(p + s1 + s2 + a1, before))

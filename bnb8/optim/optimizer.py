@@ -585,14 +585,16 @@ class _EagerCpuOps:
         from bnb8.backends import cpu
 
         cpu.optimizer_update_(rule, params, grads, s1, s2, s3, a1, a2, a3, qmaps, thresholds, buckets, hyper, scales,
-                              nonfinite)  # fmt: skip
+                              nonfinite, trusted=True)  # fmt: skip
         torch.autograd.graph.increment_version([*params, *s1, *s2, *s3, *a1, *a2, *a3, nonfinite])
 
     @staticmethod
     def optimizer_norms(rule, params, grads, s1, s2, s3, a1, a2, a3, qmaps, hyper, scales):
         from bnb8.backends import cpu
 
-        return cpu.optimizer_norms(rule, params, grads, s1, s2, s3, a1, a2, a3, qmaps, hyper, scales)
+        return cpu.optimizer_norms(
+            rule, params, grads, s1, s2, s3, a1, a2, a3, qmaps, hyper, scales, trusted=True
+        )
 
 
 class _StatelessOps:
