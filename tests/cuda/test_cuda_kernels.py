@@ -108,29 +108,49 @@ def test_quantize_unaligned_input_and_output():
 
 
 def test_quantize_nonfinite_block_gets_nan_absmax():
+    """A block holding NaN or Inf: NaN absmax and every element the code of 0, exactly as the CPU op."""
     x = torch.randn(10 * 256, generator=gen(5))
     x[256 + 3] = float("nan")
     x[3 * 256 + 200] = float("inf")
     thresholds, bucket_lo = F.code_search_tables(F.create_dynamic_map(signed=True))
-    codes = torch.empty(x.numel(), dtype=torch.uint8, device="cuda")
-    absmax = torch.empty(10, device="cuda")
-    torch.ops.bnb8.quantize_blockwise_(x.cuda(), thresholds.cuda(), bucket_lo.cuda(), 256, codes, absmax)
-    absmax = absmax.cpu()
-    assert torch.isnan(absmax[1]) and torch.isnan(absmax[3])
+    results = []
+    for dev in ("cpu", "cuda"):
+        codes = torch.empty(x.numel(), dtype=torch.uint8, device=dev)
+        absmax = torch.empty(10, device=dev)
+        torch.ops.bnb8.quantize_blockwise_(
+            x.to(dev), thresholds.to(dev), bucket_lo.to(dev), 256, codes, absmax
+        )
+        results.append((codes.cpu(), absmax.cpu()))
+    (codes_cpu, absmax_cpu), (codes_gpu, absmax_gpu) = results
+    assert torch.isnan(absmax_gpu[1]) and torch.isnan(absmax_gpu[3])
     finite_blocks = [b for b in range(10) if b not in (1, 3)]
     expected = x.view(10, 256).abs().amax(dim=1)
-    assert torch.equal(absmax[finite_blocks], expected[finite_blocks])
+    assert torch.equal(absmax_gpu[finite_blocks], expected[finite_blocks])
+    zero_code = int(torch.searchsorted(thresholds, torch.tensor([0.0])))
+    assert (codes_gpu.view(10, 256)[[1, 3]] == zero_code).all()
+    assert torch.equal(codes_gpu, codes_cpu)
+    assert torch.equal(absmax_gpu.isnan(), absmax_cpu.isnan())
+
+
+# A side stream that first sleeps, then writes the input: a kernel launched on any other stream would
+# run before the write and read the stale contents (zeros), so these tests fail unless the op uses the
+# current stream. torch's streams do not synchronise with the legacy default stream.
+SLEEP_CYCLES = 200_000_000  # ~0.1 s on a 2 GHz GPU clock
 
 
 def test_quantize_on_a_side_stream():
-    x = heavy_tailed((1 << 20,), seed=9).cuda()
+    source = heavy_tailed((1 << 20,), seed=9)
+    x = torch.zeros_like(source, device="cuda")
+    source_gpu = source.cuda()
+    torch.cuda.synchronize()
     stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
+        torch.cuda._sleep(SLEEP_CYCLES)
+        x.copy_(source_gpu)
         codes, state = F.quantize_blockwise(x, blocksize=256)
         back = F.dequantize_blockwise(codes, state)
     torch.cuda.current_stream().wait_stream(stream)
-    codes_cpu, state_cpu = F.quantize_blockwise(x.cpu(), blocksize=256)
+    codes_cpu, state_cpu = F.quantize_blockwise(source, blocksize=256)
     assert torch.equal(codes.cpu(), codes_cpu)
     assert torch.equal(back.cpu(), F.dequantize_blockwise(codes_cpu, state_cpu))
 
@@ -162,7 +182,7 @@ def test_quantize_more_than_2_31_elements():
 # optimizer updates
 
 
-def hyper() -> list[float]:
+def hyper(**overrides: float) -> list[float]:
     """Plausible values for every hyper-parameter field (each rule reads the ones it uses)."""
     values = {
         "step_size": 1e-3 / (1 - 0.9**3),
@@ -180,6 +200,7 @@ def hyper() -> list[float]:
         "step": 3,
         "nesterov": 1,
     }
+    values.update(overrides)
     return _native.hyper_list(**{k: v for k, v in values.items() if k in _native.HYPER_FIELDS})
 
 
@@ -234,13 +255,13 @@ class Problem:
         absmaxes = self.absmaxes + [[] for _ in range(3 - len(self.absmaxes))]
         return states, absmaxes
 
-    def update(self, with_scales: bool = True) -> None:
+    def update(self, with_scales: bool = True, skip_zeros: bool = False) -> None:
         states, absmaxes = self._lists()
         bucket_lo = [b if b is not None else torch.empty(0, dtype=torch.int32, device=t.device)
                      for b, t in zip(self.bucket_lo, self.thresholds)]  # fmt: skip
         torch.ops.bnb8.optimizer_update_(
             self.rule, self.params, self.grads, *states, *absmaxes, self.qmaps, self.thresholds, bucket_lo,
-            hyper(), self.scales if with_scales else None, self.nonfinite,
+            hyper(skip_zeros=int(skip_zeros)), self.scales if with_scales else None, self.nonfinite,
         )  # fmt: skip
 
     def norms(self) -> torch.Tensor:
@@ -311,23 +332,69 @@ def test_update_matches_cpu(rule, dtype, quantized):
     assert torch.equal(gpu.params[2].view(-1).cpu()[bad], original[2].view(-1)[bad])
 
 
+MANY_SHAPES = [(1 + 37 * i % 700,) for i in range(100)] + [(0,), (5000,)]
+
+
+@pytest.mark.parametrize("with_scales", [True, False], ids=["scales", "no-scales"])
 @pytest.mark.parametrize("quantized", [True, False], ids=["8bit", "32bit"])
 @pytest.mark.parametrize("rule", sorted(_native.RULES))
-def test_update_many_small_tensors_in_one_call(rule, quantized):
-    """More tensors than one launch's slot table holds (and empty ones): every one is updated once."""
-    shapes = [(1 + 37 * i % 700,) for i in range(100)] + [(0,), (5000,)]
-    cpu = Problem(rule, torch.float32, quantized, shapes, seed=1)
+def test_update_many_small_tensors_in_one_call(rule, quantized, with_scales):
+    """More tensors than one launch's slot table holds (and empty ones): every one is updated once,
+    with its own row of the per-tensor scales in every launch."""
+    cpu = Problem(rule, torch.float32, quantized, MANY_SHAPES, seed=1)
     gpu = cpu.to("cuda")
-    cpu.update(with_scales=False)
-    gpu.update(with_scales=False)
+    cpu.update(with_scales=with_scales)
+    gpu.update(with_scales=with_scales)
     assert_same_update(gpu, cpu)
 
 
-@pytest.mark.parametrize("quantized", [True, False], ids=["8bit", "32bit"])
+@pytest.mark.parametrize("with_scales", [True, False], ids=["scales", "no-scales"])
+@pytest.mark.parametrize("rule", ["adam", "sgd", "lion"])
+def test_norms_many_small_tensors_in_one_call(rule, with_scales):
+    cpu = Problem(rule, torch.float32, True, MANY_SHAPES, seed=3)
+    gpu = cpu.to("cuda")
+    if not with_scales:
+        cpu.scales = gpu.scales = None
+    torch.testing.assert_close(gpu.norms().cpu(), cpu.norms(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["adam", "sgd", "rmsprop"])
+def test_update_skip_zeros(rule):
+    """skip_zeros: elements whose gradient is exactly 0 keep parameter and states, as on the CPU."""
+    cpu = Problem(rule, torch.float32, True, [(4097,), (1000,)], seed=7)
+    for g in cpu.grads:
+        g.view(-1)[::3] = 0.0
+    gpu = cpu.to("cuda")
+    original = [p.clone() for p in cpu.params]
+    cpu.update(skip_zeros=True)
+    gpu.update(skip_zeros=True)
+    assert_same_update(gpu, cpu)
+    zero = cpu.grads[0].view(-1) == 0
+    assert torch.equal(gpu.params[0].view(-1).cpu()[zero], original[0].view(-1)[zero])
+
+
+@pytest.mark.parametrize("rule", ["adam", "lion"])
+def test_update_unaligned_views(rule):
+    """Tensors that start one element into their storage take the unvectorised path of whole blocks."""
+    cpu = Problem(rule, torch.float32, True, [(4097,), (2048,)], seed=8)
+    gpu = cpu.to("cuda")
+
+    def unaligned(t):
+        out = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape)
+        return out.copy_(t)
+
+    gpu.params = [unaligned(t) for t in gpu.params]
+    gpu.grads = [unaligned(t) for t in gpu.grads]
+    gpu.states = [[unaligned(t) for t in ts] for ts in gpu.states]
+    cpu.update()
+    gpu.update()
+    assert_same_update(gpu, cpu)
+
+
 @pytest.mark.parametrize("rule", sorted(_native.RULES))
-def test_update_bisection_tables_match_bucketed(rule, quantized):
+def test_update_bisection_tables_match_bucketed(rule):
     """Without bucket tables (bisection search) the GPU computes exactly what it does with them."""
-    a = Problem(rule, torch.float32, quantized, [(4097,), (3000,)], seed=2).to("cuda")
+    a = Problem(rule, torch.float32, True, [(4097,), (3000,)], seed=2).to("cuda")
     b = a.to("cuda")
     b.bucket_lo = [None for _ in b.bucket_lo]
     a.update()
@@ -338,11 +405,18 @@ def test_update_bisection_tables_match_bucketed(rule, quantized):
 
 @pytest.mark.parametrize("rule", sorted(_native.RULES))
 def test_update_on_a_side_stream(rule):
+    """The gradients are written on the side stream after a sleep (see SLEEP_CYCLES): an update
+    launched on another stream would read zeros and leave every parameter where it was."""
     cpu = Problem(rule, torch.float32, True, [(4097,), (1000, 1001)], seed=4)
     gpu = cpu.to("cuda")
+    grads = gpu.grads
+    gpu.grads = [torch.zeros_like(g) for g in grads]
+    torch.cuda.synchronize()
     stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
+        torch.cuda._sleep(SLEEP_CYCLES)
+        for zeros, g in zip(gpu.grads, grads):
+            zeros.copy_(g)
         gpu.update()
     torch.cuda.current_stream().wait_stream(stream)
     cpu.update()
@@ -367,8 +441,21 @@ def test_update_rejects_tensors_on_another_device():
         p.update()
 
 
-def test_optimizer_class_matches_cpu():
-    """The public optimizer steps identically (within FMA noise) on both devices."""
+OPTIMIZERS = {
+    "Adam8bit": lambda optim, ps: optim.Adam8bit(ps, lr=1e-3),
+    "AdamW8bit-percentile": lambda optim, ps: optim.AdamW8bit(ps, lr=1e-3, percentile_clipping=90),
+    "Adam8bit-max_unorm": lambda optim, ps: optim.Adam8bit(ps, lr=1e-3, max_unorm=0.5),
+    "Lion8bit": lambda optim, ps: optim.Lion8bit(ps, lr=1e-4),
+    "LAMB8bit": lambda optim, ps: optim.LAMB8bit(ps, lr=1e-3),
+    "LARS8bit": lambda optim, ps: optim.LARS8bit(ps, lr=1e-3, momentum=0.9),
+    "PagedAdamW8bit": lambda optim, ps: optim.PagedAdamW8bit(ps, lr=1e-3),
+}
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_optimizer_class_matches_cpu(make):
+    """The public optimizers step identically (within FMA noise) on both devices, fed the same
+    gradients (computed once on the CPU), including the paths that need norms on the device."""
     optim = pytest.importorskip("bnb8.optim")
     torch.manual_seed(0)
     model_cpu = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 7))
@@ -376,12 +463,14 @@ def test_optimizer_class_matches_cpu():
         torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 7)
     ).cuda()
     model_gpu.load_state_dict(model_cpu.state_dict())
-    opts = [optim.Adam8bit(m.parameters(), lr=1e-3) for m in (model_cpu, model_gpu)]
+    opts = [make(optim, m.parameters()) for m in (model_cpu, model_gpu)]
     x = torch.randn(32, 256)
     for _ in range(3):
-        for model, opt, dev in ((model_cpu, opts[0], "cpu"), (model_gpu, opts[1], "cuda")):
-            opt.zero_grad()
-            model(x.to(dev)).square().mean().backward()
+        opts[0].zero_grad()
+        model_cpu(x).square().mean().backward()
+        for a, b in zip(model_gpu.parameters(), model_cpu.parameters()):
+            a.grad = b.grad.cuda()
+        for opt in opts:
             opt.step()
     for a, b in zip(model_gpu.parameters(), model_cpu.parameters()):
         torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-4, atol=1e-4)
