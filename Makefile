@@ -74,7 +74,7 @@ wheel: venv
 # torch.compile), then the step benchmark into reports/gpu/. About 5 minutes on one H200.
 GPU_ARCH ?= native
 gpu-check:
-	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch ' + torch.__version__ + ' in $(VENV) sees no CUDA GPU')"
+	$(PY) tests/cuda/preflight.py $${CUDACXX:-$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 	CUDACXX=$${CUDACXX:-$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)} BNB8_CUDA=ON $(PY) -m pip install -q \
 		--no-build-isolation --no-deps -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=$(GPU_ARCH) \
 		-Ccmake.define.BNB8_CUDA_WERROR=ON -e .
