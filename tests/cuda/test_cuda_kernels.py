@@ -423,6 +423,44 @@ def test_update_on_a_side_stream(rule):
     assert_same_update(gpu, cpu)
 
 
+@pytest.mark.slow
+def test_update_more_than_2_31_elements():
+    """64-bit indexing in the update: blocks past element 2**31 of one bf16 parameter are updated
+    where they belong. Blocks are independent, so the CPU reference runs on slices around the
+    2**31 boundary and at the end (no per-tensor scales, which would couple them)."""
+    n = 2**31 + 3 * BLOCK + 5
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip(f"needs 24 GiB of free GPU memory, has {free / 2**30:.1f}")
+    gpu = Problem("adam", torch.bfloat16, True, [(1,)], seed=9).to("cuda")
+    gpu.params = [torch.randn(n, dtype=torch.bfloat16, device="cuda")]
+    gpu.grads = [torch.randn(n, dtype=torch.bfloat16, device="cuda") * 1e-2]
+    gpu.states = [[torch.randint(0, 256, (n,), dtype=torch.uint8, device="cuda")] for _ in range(2)]
+    gpu.absmaxes = [[torch.rand((n + BLOCK - 1) // BLOCK, device="cuda")] for _ in range(2)]
+    boundary, last = 2**31 // BLOCK, (n + BLOCK - 1) // BLOCK
+    windows = [(boundary - 4, boundary + 4), (last - 4, last)]
+
+    def cut(problem: Problem, first: int, end: int) -> Problem:
+        """Blocks [first, end) of the one parameter, copied to the CPU."""
+        out = object.__new__(Problem)
+        out.rule, out.quantized, out.scales = problem.rule, problem.quantized, None
+        for name in ("qmaps", "thresholds", "bucket_lo"):
+            setattr(out, name, [None if t is None else t.cpu() for t in getattr(problem, name)])
+        stop = min(end * BLOCK, n)
+        out.params = [problem.params[0][first * BLOCK : stop].to("cpu", copy=True)]
+        out.grads = [problem.grads[0][first * BLOCK : stop].to("cpu", copy=True)]
+        out.states = [[s[0][first * BLOCK : stop].to("cpu", copy=True)] for s in problem.states]
+        out.absmaxes = [[a[0][first:end].to("cpu", copy=True)] for a in problem.absmaxes]
+        out.nonfinite = torch.zeros(1, dtype=torch.int64)
+        return out
+
+    references = [cut(gpu, first, end) for first, end in windows]
+    gpu.update(with_scales=False)
+    for (first, end), ref in zip(windows, references):
+        ref.update(with_scales=False)
+        assert_same_update(cut(gpu, first, end), ref)
+
+
 @pytest.mark.parametrize("quantized", [True, False], ids=["8bit", "32bit"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("rule", sorted(_native.RULES))
