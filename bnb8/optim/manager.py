@@ -10,9 +10,11 @@
 Overrides may be registered before or after the optimizer is built; they take effect from its next
 step (``optim_bits`` and ``min_8bit_size`` decide the state layout when a parameter's state is
 created, on its first step). A parameter is found by identity (``nn.Module.to``/``.cuda`` keep the
-``Parameter`` object), by its position at ``register_parameters`` time, or, for
-``register_module_override``, through the module attribute at step time — so overrides survive moving
-the model between devices.
+``Parameter`` object), or, for ``register_module_override``, through the module attribute at step
+time — so overrides survive moving the model between devices. As in bitsandbytes, overrides that a
+parameter already had when ``register_parameters`` ran are also remembered by its position (group
+index, index in group), for a tensor object replaced later; a parameter without overrides of its
+own never takes another's by position, nor one of another shape.
 """
 
 from __future__ import annotations
@@ -72,17 +74,30 @@ class GlobalOptimManager:
         # id(param) -> (weak reference, overrides). Tensors cannot be WeakKeyDictionary keys (their ==
         # is element-wise), so identity is checked through the weak reference.
         self._by_param: dict[int, tuple[weakref.ref, dict[str, Any]]] = {}
-        self._registered: list[list[weakref.ref]] = []
+        # (group index, index in group) -> (shape, overrides) of a parameter that had overrides when
+        # it was registered; only a parameter of the same shape takes them by position.
+        self._by_position: dict[tuple[int, int], tuple[tuple[int, ...], dict[str, Any]]] = {}
         self._module_overrides: list[tuple[weakref.ref, str, dict[str, Any]]] = []
 
     # -- registration -------------------------------------------------------------------------------
     def register_parameters(self, params: Iterable) -> None:
-        """Remember parameters by position (group index, index in group), so an override given for
-        a registered parameter still applies if the tensor object is later replaced."""
+        """Register the model's parameters (or param groups) in the order the optimizer will get
+        them: the overrides a parameter already has are also remembered by its position (group index,
+        index in group), so they still apply if the tensor object is replaced later."""
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        self._registered = [[weakref.ref(p) for p in g["params"]] for g in groups]
+        self._by_position = {}
+        for gi, group in enumerate(groups):
+            group_params = group["params"]
+            group_params = [group_params] if isinstance(group_params, torch.Tensor) else group_params
+            for pi, p in enumerate(group_params):
+                found = self._overrides_of(p)
+                if found is not None:
+                    self._by_position[(gi, pi)] = (
+                        tuple(p.shape),
+                        found,
+                    )  # the same dict: later ones apply too
 
     def override_config(
         self,
@@ -157,8 +172,5 @@ class GlobalOptimManager:
         found = self._overrides_of(param)
         if found is not None:
             return found
-        if group_index < len(self._registered) and index < len(self._registered[group_index]):
-            registered = self._registered[group_index][index]()
-            if registered is not None and registered is not param:
-                return self._overrides_of(registered) or {}
-        return {}
+        shape, overrides = self._by_position.get((group_index, index), ((), {}))
+        return overrides if shape == tuple(param.shape) else {}
