@@ -21,6 +21,11 @@ class Embedding(nn.Embedding):
         super().__init__(*args, **kwargs)
         GlobalOptimManager.get_instance().register_module_override(self, "weight", {"optim_bits": 32})
 
+    def __setstate__(self, state: dict) -> None:
+        # copy.deepcopy and unpickling rebuild the module without __init__: register the copy too.
+        super().__setstate__(state)
+        GlobalOptimManager.get_instance().register_module_override(self, "weight", {"optim_bits": 32})
+
 
 class StableEmbedding(Embedding):
     """The stable embedding of Dettmers et al. (2022): Xavier-uniform initialisation, LayerNorm after
@@ -72,6 +77,12 @@ class StableEmbedding(Embedding):
             self.scale_grad_by_freq,
             self.sparse,
         )
-        # LayerNorm in the default dtype (float32), then back to the weight's dtype.
-        emb = emb.to(torch.get_default_dtype())
-        return self.norm(emb).to(self.weight.dtype)
+        # LayerNorm in the default dtype (float32), then back to the weight's dtype; its own weight and
+        # bias follow the module (model.half()) and are cast too.
+        dtype = torch.get_default_dtype()
+        norm = self.norm
+        weight = None if norm.weight is None else norm.weight.to(dtype)
+        bias = None if norm.bias is None else norm.bias.to(dtype)
+        return F.layer_norm(emb.to(dtype), norm.normalized_shape, weight, bias, norm.eps).to(
+            self.weight.dtype
+        )
