@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -23,9 +24,8 @@ _COMMON_ARGS_DOC = """
         percentile_clipping (int, optional): clip the gradient norm to this percentile of the last 100
             norms of the parameter; 100 disables (default: 100).
         block_wise (bool, optional): must be True; bnb8 always quantizes in blocks of 256 (default: True).
-        max_unorm (float, optional): scale the update so that ||u|| <= max_unorm * ||p||, where u is
-            the update direction before the step size (the learning rate, with Adam's bias correction
-            of the first moment); 0 disables (default: 0.0).
+        max_unorm (float, optional): scale the update so that ||delta p|| / lr <= max_unorm * ||p||
+            (for Adam: the bias-corrected m_hat / (sqrt(v_hat) + eps)); 0 disables (default: 0.0).
         skip_zeros (bool, optional): leave elements whose gradient is exactly 0 untouched (default: False).
         is_paged (bool, optional): keep large states in CUDA unified memory that can spill to host RAM;
             a no-op on the CPU (default: False).
@@ -37,6 +37,7 @@ _COMMON_ARGS_DOC = """
 
 class _AdamBase(Optimizer8bit):
     decoupled: bool = False  # AdamW: weight decay applied to the parameter, not added to the gradient
+    torch_state_keys = {"exp_avg": "state1", "exp_avg_sq": "state2", "max_exp_avg_sq": "state3"}
 
     def __init__(
         self,
@@ -137,12 +138,24 @@ def fixed_variant(base: type, name: str, bits: int | None = None, paged: bool = 
     ``PagedAdamW32bit``, ...). Passing a different value for a fixed argument is an error."""
     fixed = {"is_paged": paged} | ({} if bits is None else {"optim_bits": bits})
 
+    # The first __init__ up the MRO that names every argument (AdamW's forwards *args to _AdamBase's).
+    signature = next(
+        sig
+        for sig in (
+            inspect.signature(k.__dict__["__init__"]) for k in base.__mro__ if "__init__" in k.__dict__
+        )
+        if not any(a.kind is inspect.Parameter.VAR_POSITIONAL for a in sig.parameters.values())
+    )
+
     def __init__(self, params, *args, **kwargs):
+        # Positional arguments by name first, so a fixed one passed by position is seen too.
+        given = signature.bind_partial(self, params, *args, **kwargs).arguments
+        given.pop("self")
         for key, value in fixed.items():
-            if key in kwargs and kwargs[key] != value:
-                raise ValueError(f"{name} has {key}={value}; got {key}={kwargs[key]!r} (use {base.__name__})")
-            kwargs[key] = value
-        base.__init__(self, params, *args, **kwargs)
+            if key in given and given[key] != value:
+                raise ValueError(f"{name} has {key}={value}; got {key}={given[key]!r} (use {base.__name__})")
+            given[key] = value
+        base.__init__(self, **given)
 
     what = "" if bits is None else f" with {bits}-bit optimizer state"
     paging = " with paged state (CUDA unified memory; a no-op on the CPU)" if paged else ""

@@ -19,6 +19,7 @@ the same way for every family:
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -73,6 +74,14 @@ COMMON_ARGS = (
 )
 
 
+# Group keys that are some optimizer's setting (bnb8's families, bitsandbytes', torch.optim's): a loaded
+# group keeps those this optimizer has, and every other key (scheduler state such as initial_lr, names).
+OPTIMIZER_SETTINGS = frozenset(
+    {*COMMON_DEFAULTS, *COMMON_ARGS, "lr", "betas", "eps", "weight_decay", "amsgrad", "momentum", "dampening",
+     "nesterov", "alpha", "centered", "lr_decay", "initial_accumulator_value", "t_alpha", "t_beta3",
+     "trust_coeff", "foreach", "fused", "capturable", "differentiable", "is_sparse"}
+)  # fmt: skip
+
 # torch.optim flags a family accepts for signature compatibility but bnb8 does not implement.
 UNSUPPORTED_TORCH_FLAGS = ("capturable", "differentiable")
 
@@ -86,16 +95,26 @@ def common_args(arguments: dict[str, Any]) -> dict[str, Any]:
     return {key: arguments[key] for key in COMMON_ARGS if key in arguments}
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_real(name: str, value: Any) -> None:
+    if not _is_real(value):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+
+
 def _check_common(cfg: dict[str, Any]) -> None:
-    if cfg["optim_bits"] not in (8, 32):
-        raise ValueError(f"optim_bits: expected 8 or 32, got {cfg['optim_bits']!r}")
-    if isinstance(cfg["min_8bit_size"], bool) or not isinstance(cfg["min_8bit_size"], int | float):
-        raise ValueError(f"min_8bit_size: expected a non-negative number, got {cfg['min_8bit_size']!r}")
-    if cfg["min_8bit_size"] < 0:
-        raise ValueError(f"min_8bit_size: expected a non-negative number, got {cfg['min_8bit_size']!r}")
+    bits = cfg["optim_bits"]
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits not in (8, 32):
+        raise ValueError(f"optim_bits: expected 8 or 32, got {bits!r}")
+    size = cfg["min_8bit_size"]
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+        raise ValueError(f"min_8bit_size: expected a non-negative integer, got {size!r}")
     pc = cfg["percentile_clipping"]
-    if isinstance(pc, bool) or not isinstance(pc, int) or not 1 <= pc <= 100:
+    if isinstance(pc, bool) or not isinstance(pc, numbers.Integral) or not 1 <= pc <= 100:
         raise ValueError(f"percentile_clipping: expected an integer in 1..100 (100 = off), got {pc!r}")
+    _check_real("max_unorm", cfg["max_unorm"])
     if not cfg["max_unorm"] >= 0.0:
         raise ValueError(f"max_unorm: expected >= 0 (0 = off), got {cfg['max_unorm']!r}")
 
@@ -103,16 +122,19 @@ def _check_common(cfg: dict[str, Any]) -> None:
 def check_lr(lr: Any) -> None:
     if isinstance(lr, torch.Tensor):
         raise ValueError("lr: a tensor learning rate is not supported; pass a float")
+    _check_real("lr", lr)
     if not lr >= 0.0:
         raise ValueError(f"Invalid learning rate: lr={lr!r} (expected >= 0)")
 
 
 def check_eps(eps: Any) -> None:
+    _check_real("eps", eps)
     if not eps >= 0.0:
         raise ValueError(f"Invalid epsilon value: eps={eps!r} (expected >= 0)")
 
 
 def check_weight_decay(weight_decay: Any) -> None:
+    _check_real("weight_decay", weight_decay)
     if not weight_decay >= 0.0:
         raise ValueError(f"Invalid weight_decay value: weight_decay={weight_decay!r} (expected >= 0)")
 
@@ -121,6 +143,7 @@ def check_betas(betas: Any, count: int = 2) -> None:
     if not isinstance(betas, tuple | list) or len(betas) != count:
         raise ValueError(f"betas: expected a tuple of {count} floats in [0, 1), got {betas!r}")
     for i, b in enumerate(betas):
+        _check_real(f"betas[{i}]", b)
         if not 0.0 <= b < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: betas[{i}]={b!r} (expected in [0, 1))")
 
@@ -131,6 +154,9 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     # Names of the group keys the family itself validates and uses (besides COMMON_DEFAULTS).
     family_keys: tuple[str, ...] = ()
+    # The torch.optim class's state keys and the bnb8 states they are (exp_avg -> state1, ...), so a
+    # torch.optim state dict of the same algorithm loads (as 32-bit state).
+    torch_state_keys: dict[str, str] = {}
 
     def __init__(
         self,
@@ -169,11 +195,15 @@ class Optimizer8bit(torch.optim.Optimizer):
         defaults = {**defaults, **common}
         _check_common(defaults)
         self._check_group(defaults)
+        self._init_caches()
+        super().__init__(params, defaults)
+
+    def _init_caches(self) -> None:
+        """What the optimizer keeps besides defaults, state and param groups (not pickled)."""
         self._codebooks: dict[tuple[torch.device, bool], torch.Tensor] = {}
         self._search: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self._nonfinite: dict[torch.device, torch.Tensor] = {}
         self.mng = GlobalOptimManager.get_instance()
-        super().__init__(params, defaults)
 
     # -- what a family provides ---------------------------------------------------------------------
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -192,7 +222,12 @@ class Optimizer8bit(torch.optim.Optimizer):
     ) -> torch.Tensor:
         """Per-tensor update scale from the norms of u and p; max_unorm by default (trust-ratio
         families override this). ``hyper`` holds the bucket's rule hyper-parameters (HYPER_FIELDS).
-        Only called when :meth:`_needs_norms` is true."""
+        Only called when :meth:`_needs_norms` is true.
+
+        max_unorm caps the update per unit of learning rate, step_size / lr * u: for Adam that is u with
+        the first moment's bias correction, which is what bitsandbytes measures."""
+        per_lr = hyper["step_size"] / hyper["lr"] if hyper["lr"] > 0 else 1.0
+        unorm = unorm * per_lr
         limit = cfg["max_unorm"] * pnorm
         return torch.where(unorm > limit, limit / unorm, torch.ones_like(unorm))
 
@@ -219,16 +254,22 @@ class Optimizer8bit(torch.optim.Optimizer):
                     f"params: bnb8 optimizers update float32, float16 or bfloat16 parameters, got one of {p.dtype}"
                 )
             _native.dtype_code(p, "params")
+        # Validate the group as it will be (defaults filled in) before torch appends it.
+        _check_common({**self.defaults, **param_group})
+        self._check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        _check_common(group)
-        self._check_group(group)
 
     # -- configuration -----------------------------------------------------------------------------
     def _config(self, group_index: int, index: int, group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
         overrides = self.mng.overrides_for(group_index, index, p)
         if not overrides:
             return group
+        foreign = sorted(k for k in overrides if k not in self.defaults and k != "is_sparse")
+        if foreign:  # another family's setting (momentum on Adam, ...): it would be ignored
+            raise ValueError(
+                f"GlobalOptimManager override {foreign} for a parameter of shape {tuple(p.shape)}: not a setting of "
+                f"{type(self).__name__} (its settings: {', '.join(sorted(self.defaults))})"
+            )
         cfg = {**group, **overrides}
         if cfg.pop("is_sparse", False):
             cfg["skip_zeros"] = True
@@ -278,7 +319,9 @@ class Optimizer8bit(torch.optim.Optimizer):
             else:
                 state[key] = _distributed.state_like(p, torch.float32, self._alloc)
         if cfg["percentile_clipping"] < 100 and "gnorm_vec" not in state:
-            state["gnorm_vec"] = torch.zeros(GNORM_HISTORY, device=p.device)
+            # NaN marks a slot without a recorded norm (history enabled or loaded after the first
+            # step); clipping reads it as the current norm (see _gradient_scales).
+            state["gnorm_vec"] = torch.full((GNORM_HISTORY,), math.nan, device=p.device)
         if self._needs_norms(cfg) and "unorm_vec" not in state:
             state["unorm_vec"] = torch.zeros(1, device=p.device)
 
@@ -309,6 +352,35 @@ class Optimizer8bit(torch.optim.Optimizer):
                     "before creating the optimizer, or load_state_dict again after moving it"
                 )
 
+    def _state_plan(self, cfg: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
+        """For one configuration: the keys a parameter's state must have, and a state that may only be
+        float32 (amsgrad's running maximum), if any."""
+        kinds = self._state_kinds(cfg)
+        keys = [key for key, _ in kinds]
+        if cfg["percentile_clipping"] < 100:
+            keys.append("gnorm_vec")
+        if self._needs_norms(cfg):
+            keys.append("unorm_vec")
+        float_only = next((key for key, signed in kinds if signed is None), None)
+        return tuple(keys), float_only
+
+    def _state_incomplete(self, p: torch.Tensor, plan: tuple[tuple[str, ...], str | None]) -> bool:
+        """Whether ``p``'s state must be created or completed before this step (a state, or the norm
+        history of percentile clipping or max_unorm, enabled after it was created). Raises, before
+        anything changes, when the configuration cannot run on the state ``p`` already has."""
+        state = self.state.get(p)
+        if not state:
+            return True
+        keys, float_only = plan
+        if float_only is not None and "state1" in state and state["state1"].dtype == torch.uint8:
+            # a float32-only state cannot join 8-bit ones in one native call
+            raise ValueError(
+                f"{type(self).__name__}: this configuration needs {float_only} in float32 (e.g. amsgrad's running "
+                "maximum, 32-bit state only), but this parameter's optimizer state is 8-bit; give the parameter "
+                "optim_bits=32 before its first step"
+            )
+        return any(key not in state for key in keys)
+
     @property
     def nonfinite_count(self) -> int:
         """Number of gradient elements skipped because they were NaN or Inf (their parameter and
@@ -328,24 +400,27 @@ class Optimizer8bit(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.mng._resolve_module_overrides()
+        # Parameters of one group (without overrides) share cfg, step and so state kinds, rule and
+        # hyper-parameters: derive them once per cfg (and step), not per parameter.
+        plan_of: dict[int, tuple] = {}
         work = []
         for gi, group in enumerate(self.param_groups):  # all checks first: a failed step changes nothing
+            _check_common(group)  # again: param_groups may have been edited since (schedulers, users)
+            self._check_group(group)
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
                 self._check_param(p)
-                work.append((p, self._config(gi, pi, group, p)))
+                cfg = self._config(gi, pi, group, p)
+                plan = plan_of.get(id(cfg))
+                if plan is None:
+                    plan = plan_of[id(cfg)] = self._state_plan(cfg)
+                work.append((p, cfg, self._state_incomplete(p, plan)))
         buckets: dict[tuple, list] = defaultdict(list)
-        # Parameters of one group (without overrides) share cfg, step and so rule and hyper-parameters:
-        # derive them once per (cfg, step), not per parameter.
-        kinds_of: dict[int, list[str]] = {}
         rule_of: dict[tuple, tuple[str, tuple[float, ...]]] = {}
-        for p, cfg in work:
+        for p, cfg, incomplete in work:
             state = self.state[p]
-            kinds = kinds_of.get(id(cfg))
-            if kinds is None:
-                kinds = kinds_of[id(cfg)] = [key for key, _ in self._state_kinds(cfg)]
-            if not state or any(key not in state for key in kinds):
+            if incomplete:
                 self._init_state(p, cfg)
             state["step"] += 1
             quantized = "state1" in state and state["state1"].dtype == torch.uint8
@@ -388,11 +463,16 @@ class Optimizer8bit(torch.optim.Optimizer):
                 state = self.state[p]
                 step = state["step"]
                 history = state["gnorm_vec"]
-                history[(step - 1) % GNORM_HISTORY] = sq_norms[i]
+                # A gradient with NaN/Inf elements (which the kernels skip) has no usable norm: its slot
+                # stays unrecorded (NaN), and the rest of that gradient is not clipped on this step.
+                finite = torch.isfinite(sq_norms[i])
+                history[(step - 1) % GNORM_HISTORY] = torch.where(finite, sq_norms[i], math.nan)
                 valid = min(step, GNORM_HISTORY)
                 rank = max(math.ceil(percentile / 100 * valid) - 1, 0)
-                clip = torch.sort(history[:valid]).values[rank]
-                scale[i] = torch.where(sq_norms[i] > clip, torch.sqrt(clip / sq_norms[i]), 1.0)
+                recorded = history[:valid]
+                recorded = torch.where(recorded.isnan(), sq_norms[i], recorded)  # slots not yet recorded
+                clip = torch.sort(recorded).values[rank]
+                scale[i] = torch.where(finite & (sq_norms[i] > clip), torch.sqrt(clip / sq_norms[i]), 1.0)
         if cfg["maximize"]:
             scale = -scale
         return torch.stack([scale, torch.ones_like(scale)], dim=1)
@@ -480,7 +560,14 @@ class Optimizer8bit(torch.optim.Optimizer):
         """Load a state dict of bnb8 or bitsandbytes (>= 0.44) for the same parameters.
 
         Everything is checked before anything changes: on error the optimizer is exactly as before.
+        A torch.optim state dict of the same algorithm (``exp_avg``, ... see ``torch_state_keys``) loads
+        as 32-bit state. Hooks registered with ``register_load_state_dict_pre_hook`` /
+        ``register_load_state_dict_post_hook`` run as in torch.
         """
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            replaced = pre_hook(self, state_dict)
+            if replaced is not None:
+                state_dict = replaced
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError(
                 "state_dict: expected a dict with 'state' and 'param_groups' (from optimizer.state_dict())"
@@ -497,41 +584,73 @@ class Optimizer8bit(torch.optim.Optimizer):
                     f"{len(g['params'])}"
                 )
         id_map = {}
-        for g, sg in zip(self.param_groups, saved_groups):
-            id_map.update(zip(sg["params"], g["params"]))
-        new_state: dict[torch.Tensor, dict[str, Any]] = {}
-        shared: dict[int, torch.Tensor] = {}  # keeps one qmap object per saved qmap (shared buckets)
-        for index, saved in state_dict["state"].items():
-            if index not in id_map:
-                raise ValueError(f"state_dict: state for parameter index {index!r}, which no group lists")
-            p = id_map[index]
-            flat = {k: v for k, v in saved.items() if k != QUANT_STATE_KEY}
-            flat.update(saved.get(QUANT_STATE_KEY, {}))
-            new_state[p] = self._checked_state(index, p, self._convert_saved_state(flat, p), shared)
+        for gi, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
+            id_map.update(
+                (saved_id, (p, gi, pi)) for pi, (saved_id, p) in enumerate(zip(sg["params"], g["params"]))
+            )
         new_groups = []
         for g, sg in zip(self.param_groups, saved_groups):
-            # Only keys this optimizer knows: bitsandbytes' groups carry other families' keys too.
-            merged = {**g, **{k: v for k, v in sg.items() if k in g and k != "params"}}
-            merged["params"] = g["params"]
+            # The saved hyper-parameters this optimizer knows, and every key that is no optimizer's
+            # setting (an LR scheduler's initial_lr, a user's group name); bitsandbytes' groups also
+            # carry other families' settings, which are dropped.
+            kept = {k: v for k, v in sg.items() if k != "params" and (k in g or k not in OPTIMIZER_SETTINGS)}
+            merged = {**g, **kept, "params": g["params"]}
             for key, default in COMMON_DEFAULTS.items():
                 merged.setdefault(key, default)
             _check_common(merged)
             self._check_group(merged)
             new_groups.append(merged)
+        new_state: dict[torch.Tensor, dict[str, Any]] = {}
+        shared: dict[int, torch.Tensor] = {}  # keeps one qmap object per saved qmap (shared buckets)
+        for index, saved in state_dict["state"].items():
+            if index not in id_map:
+                raise ValueError(f"state_dict: state for parameter index {index!r}, which no group lists")
+            p, gi, pi = id_map[index]
+            flat = {k: v for k, v in saved.items() if k != QUANT_STATE_KEY}
+            flat.update(saved.get(QUANT_STATE_KEY, {}))
+            flat = {self.torch_state_keys.get(k, k): v for k, v in flat.items()}
+            cfg = self._config(gi, pi, new_groups[gi], p)
+            new_state[p] = self._checked_state(index, p, self._convert_saved_state(flat, p), shared, cfg)
         # Nothing failed: commit.
         self.state = defaultdict(dict, new_state)
         self.param_groups = new_groups
         self._search.clear()
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    # -- pickling (copy.deepcopy, torch.save of the optimizer object) ---------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "is_paged": self.is_paged}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.is_paged = bool(state.pop("is_paged", False))
+        super().__setstate__(state)
+        self._init_caches()
 
     def _checked_state(
-        self, index: Any, p: torch.Tensor, saved: dict[str, Any], shared: dict[int, torch.Tensor]
+        self,
+        index: Any,
+        p: torch.Tensor,
+        saved: dict[str, Any],
+        shared: dict[int, torch.Tensor],
+        cfg: dict[str, Any],
     ) -> dict[str, Any]:
         where = f"state_dict: parameter {index!r} (shape {tuple(p.shape)})"
         if "step" not in saved:
             raise ValueError(f"{where}: missing 'step'")
+        unknown = sorted(str(k) for k in saved if k not in QUANT_KEYS and k != "step")
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown state {unknown} for {type(self).__name__} (expected step, "
+                f"{', '.join(QUANT_KEYS)}; from torch.optim: {', '.join(self.torch_state_keys) or 'none'})"
+            )
         out: dict[str, Any] = {}
         step = saved["step"]
-        out["step"] = int(step.item() if isinstance(step, torch.Tensor) else step)
+        step = step.item() if isinstance(step, torch.Tensor) else step
+        if isinstance(step, bool) or not float(step).is_integer() or step < 0:
+            raise ValueError(f"{where}: step must be a non-negative integer, got {step!r}")
+        out["step"] = int(step)
         nblocks = _distributed.absmax_numel(p)  # sharded (DTensor) params: layout in _distributed
         for k in (1, 2, 3):
             s = saved.get(f"state{k}")
@@ -561,6 +680,25 @@ class Optimizer8bit(torch.optim.Optimizer):
         for key in ("gnorm_vec", "unorm_vec"):
             if isinstance(saved.get(key), torch.Tensor):
                 out[key] = saved[key].detach().to(p.device, torch.float32).clone()
+        # The states must be complete after the first step (a missing moment would restart at zero
+        # under a bias correction for `step` steps: huge updates) and of one kind (one native call).
+        kinds = self._state_kinds(cfg)
+        kinds_present = {out[key].dtype for key, _ in kinds if key in out}
+        if out["step"] > 0 and any(key not in out for key, _ in kinds):
+            missing = [key for key, _ in kinds if key not in out]
+            raise ValueError(f"{where}: step is {out['step']} but {', '.join(missing)} is missing")
+        if len(kinds_present) > 1 or any(
+            key in out for key in ("state1", "state2", "state3") if key not in dict(kinds)
+        ):
+            raise ValueError(
+                f"{where}: states {[k for k in ('state1', 'state2', 'state3') if k in out]} do not fit "
+                f"{type(self).__name__}'s states {[k for k, _ in kinds]} for this configuration, all of one kind "
+                "(all 8-bit or all 32-bit)"
+            )
+        if torch.uint8 in kinds_present and any(signed is None for _, signed in kinds):
+            raise ValueError(
+                f"{where}: 8-bit state cannot be loaded where this configuration needs 32-bit state (amsgrad)"
+            )
         return out
 
 

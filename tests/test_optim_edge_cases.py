@@ -1,0 +1,374 @@
+"""The optimizer core off the happy path: configurations changed between steps, state dicts that do not
+fit (or come from torch.optim), overrides among several parameters and optimizers, pickling, hooks,
+embeddings converted to half precision, and argument types. Each case either works as torch /
+bitsandbytes users expect or raises a clear error that leaves parameters and state as they were."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import pickle
+
+import pytest
+import torch
+
+import bnb8
+from bnb8.optim import GlobalOptimManager
+
+
+@pytest.fixture(autouse=True)
+def fresh_manager():
+    GlobalOptimManager.get_instance().initialize()
+    yield
+    GlobalOptimManager.get_instance().initialize()
+
+
+def trained(cls=bnb8.optim.Adam8bit, n=5000, steps=2, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    p = torch.nn.Parameter(torch.randn(n))
+    opt = cls([p], **kwargs)
+    for _ in range(steps):
+        p.grad = torch.randn(n)
+        opt.step()
+    return p, opt
+
+
+def snapshot(p, opt):
+    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
+    return p.detach().clone(), state, copy.deepcopy(opt.param_groups[0]["lr"])
+
+
+def assert_unchanged(p, opt, snap):
+    before_p, before_state, _ = snap
+    assert torch.equal(p.detach(), before_p)
+    assert set(opt.state[p]) == set(before_state)
+    for k, v in before_state.items():
+        now = opt.state[p][k]
+        assert torch.equal(now, v) if torch.is_tensor(v) else now == v
+
+
+# -- state kinds: 8-bit and 32-bit states never meet in one native call ------------------------------
+
+
+@pytest.mark.parametrize("when", ["after steps", "before the first step"])
+def test_amsgrad_switched_on_for_8bit_state_is_an_error(when):
+    p, opt = trained(steps=2 if when == "after steps" else 0)
+    opt.param_groups[0]["amsgrad"] = True
+    p.grad = torch.randn_like(p)
+    snap = snapshot(p, opt)
+    with pytest.raises(ValueError, match="amsgrad=True is implemented with 32-bit state only"):
+        opt.step()
+    assert_unchanged(p, opt, snap)
+
+
+def test_state_dict_mixing_8bit_and_32bit_states_is_rejected():
+    p, opt = trained()
+    sd = opt.state_dict()
+    sd["state"][0]["__bnb_optimizer_quant_state__"]["state2"] = torch.rand(p.numel())  # 32-bit next to 8-bit
+    snap = snapshot(p, opt)
+    with pytest.raises(ValueError, match="all of one kind"):
+        opt.load_state_dict(sd)
+    assert_unchanged(p, opt, snap)
+
+
+def test_8bit_state_dict_into_a_32bit_amsgrad_optimizer_is_rejected():
+    """A bitsandbytes Adam8bit state dict (its groups name neither amsgrad nor optim_bits) cannot
+    continue an amsgrad optimizer, whose running maximum exists in 32-bit only."""
+    _, source = trained()
+    sd = source.state_dict()
+    for group in sd["param_groups"]:
+        del group["amsgrad"], group["optim_bits"]
+    p, opt = trained(bnb8.optim.Adam, amsgrad=True)
+    snap = snapshot(p, opt)
+    with pytest.raises(ValueError, match="state3 is missing"):
+        opt.load_state_dict(sd)
+    assert_unchanged(p, opt, snap)
+
+
+# -- state dicts -----------------------------------------------------------------------------------
+
+
+def test_state_dict_missing_a_moment_after_the_first_step_is_rejected():
+    p, opt = trained()
+    sd = opt.state_dict()
+    quant = sd["state"][0]["__bnb_optimizer_quant_state__"]
+    for key in ("state2", "absmax2", "qmap2"):
+        del quant[key]
+    snap = snapshot(p, opt)
+    with pytest.raises(ValueError, match="step is 2 but state2 is missing"):
+        opt.load_state_dict(sd)
+    assert_unchanged(p, opt, snap)
+
+
+def test_state_dict_with_unknown_state_is_rejected():
+    p, opt = trained()
+    sd = opt.state_dict()
+    sd["state"][0]["momentum_buffer"] = torch.zeros(p.numel())
+    with pytest.raises(ValueError, match=r"unknown state \['momentum_buffer'\]"):
+        opt.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_torch_adam_state_dict_loads_and_continues_like_torch(amsgrad):
+    torch.manual_seed(0)
+    p_ref = torch.nn.Parameter(torch.randn(3000))
+    ref = torch.optim.Adam([p_ref], lr=1e-2, amsgrad=amsgrad)
+    for _ in range(5):
+        p_ref.grad = torch.randn(3000)
+        ref.step()
+    p = torch.nn.Parameter(p_ref.detach().clone())
+    opt = bnb8.optim.Adam([p], lr=1e-2, amsgrad=amsgrad)
+    opt.load_state_dict(ref.state_dict())
+    assert opt.state[p]["step"] == 5 and opt.state[p]["state1"].dtype == torch.float32
+    for _ in range(3):
+        g = torch.randn(3000)
+        p_ref.grad, p.grad = g, g.clone()
+        ref.step()
+        opt.step()
+    torch.testing.assert_close(p.detach(), p_ref.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_state_dict_keeps_scheduler_and_user_keys_of_param_groups():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(100))
+    opt = bnb8.optim.AdamW8bit([{"params": [p], "name": "body"}], lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for _ in range(3):
+        p.grad = torch.randn(100)
+        opt.step()
+        sched.step()
+    sd, sched_sd = opt.state_dict(), sched.state_dict()
+    p2 = torch.nn.Parameter(p.detach().clone())
+    opt2 = bnb8.optim.AdamW8bit([p2], lr=1e-2)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["name"] == "body" and opt2.param_groups[0]["initial_lr"] == 1e-2
+    # a scheduler resumed at its epoch needs initial_lr in the groups (KeyError without it)
+    torch.optim.lr_scheduler.StepLR(opt2, step_size=2, gamma=0.5, last_epoch=sched_sd["last_epoch"])
+    # torch's order: optimizer and scheduler built, then both loaded; both then continue alike
+    p3 = torch.nn.Parameter(p.detach().clone())
+    opt3 = bnb8.optim.AdamW8bit([p3], lr=1e-2)
+    sched3 = torch.optim.lr_scheduler.StepLR(opt3, step_size=2, gamma=0.5)
+    opt3.load_state_dict(sd)
+    sched3.load_state_dict(sched_sd)
+    for s in (sched, sched3):
+        s.step()
+    assert opt3.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 2.5e-3
+
+
+def test_state_dict_load_hooks_run():
+    p, opt = trained()
+    sd = opt.state_dict()
+    calls = []
+
+    def pre(optimizer, state_dict):
+        calls.append("pre")
+        state_dict = copy.deepcopy(state_dict)
+        state_dict["param_groups"][0]["lr"] = 0.5
+        return state_dict
+
+    opt.register_load_state_dict_pre_hook(pre)
+    opt.register_load_state_dict_post_hook(lambda optimizer: calls.append("post"))
+    opt.load_state_dict(sd)
+    assert calls == ["pre", "post"] and opt.param_groups[0]["lr"] == 0.5
+
+
+# -- norms enabled after the state exists ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, value", [("percentile_clipping", 90), ("max_unorm", 0.5)])
+def test_clipping_enabled_after_the_first_step(key, value):
+    p, opt = trained(lr=1e-2)
+    GlobalOptimManager.get_instance().override_config(p, key, value)
+    for _ in range(3):
+        before, step = p.detach().clone(), opt.state[p]["step"]
+        p.grad = torch.randn_like(p)
+        opt.step()
+        assert opt.state[p]["step"] == step + 1
+        # the gradient was not scaled to zero: the parameter moved by a normal Adam step
+        assert float((p.detach() - before).abs().mean()) > 1e-3
+
+
+def test_bitsandbytes_state_dict_into_a_clipping_optimizer_steps():
+    source_p, source = trained(bnb8.optim.Adam8bit)
+    sd = source.state_dict()
+    for key in ("gnorm_vec", "unorm_vec"):  # bitsandbytes' Adam8bit keeps neither
+        sd["state"][0]["__bnb_optimizer_quant_state__"].pop(key, None)
+    for key in ("percentile_clipping", "max_unorm"):  # nor names them in its groups
+        del sd["param_groups"][0][key]
+    p = torch.nn.Parameter(source_p.detach().clone())
+    opt = bnb8.optim.Adam8bit([p], percentile_clipping=95, max_unorm=1.0)
+    opt.load_state_dict(sd)
+    assert opt.param_groups[0]["percentile_clipping"] == 95 and opt.param_groups[0]["max_unorm"] == 1.0
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert opt.state[p]["step"] == 3 and not torch.equal(p.detach(), source_p.detach())
+
+
+def test_percentile_clipping_with_a_non_finite_gradient():
+    """The NaN element is skipped; the rest of that gradient is not zeroed, and the history is not
+    poisoned for later steps."""
+    p, opt = trained(lr=1e-2, percentile_clipping=50, steps=3)
+    p.grad = torch.randn_like(p)
+    p.grad[7] = float("nan")
+    before = p.detach().clone()
+    opt.step()
+    moved = (p.detach() - before).abs()
+    assert moved[7] == 0 and float(moved.mean()) > 1e-3
+    for _ in range(3):
+        before = p.detach().clone()
+        p.grad = torch.randn_like(p)
+        opt.step()
+        assert torch.isfinite(p).all() and float((p.detach() - before).abs().mean()) > 1e-3
+
+
+# -- param groups ------------------------------------------------------------------------------------
+
+
+def test_invalid_param_group_is_not_added():
+    p, opt = trained()
+    extra = torch.nn.Parameter(torch.randn(10))
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        opt.add_param_group({"params": [extra], "lr": -1.0})
+    assert len(opt.param_groups) == 1
+
+
+def test_hand_edited_invalid_group_is_rejected_at_step():
+    p, opt = trained()
+    opt.param_groups[0]["lr"] = -1.0
+    p.grad = torch.randn_like(p)
+    snap = snapshot(p, opt)
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        opt.step()
+    assert_unchanged(p, opt, snap)
+
+
+# -- GlobalOptimManager ------------------------------------------------------------------------------
+
+
+def test_manager_override_does_not_leak_to_other_parameters():
+    """An override of one parameter stays with it, whatever the grouping or optimizer."""
+    torch.manual_seed(0)
+    mng = GlobalOptimManager.get_instance()
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    mng.register_parameters(model.parameters())
+    mng.override_config(model[0].weight, "lr", 0.0)
+    groups = [
+        {"params": [model[1].weight, model[0].weight]},
+        {"params": [model[0].bias, model[1].bias], "weight_decay": 0.0},
+    ]
+    opt = bnb8.optim.AdamW8bit(groups, lr=1e-2)
+    other = torch.nn.Linear(64, 64)
+    other_opt = bnb8.optim.Adam8bit(other.parameters(), lr=1e-2)
+    before = {name: t.detach().clone() for name, t in [*model.named_parameters(), ("other", other.weight)]}
+    model(torch.randn(8, 64)).sum().backward()
+    other(torch.randn(8, 64)).sum().backward()
+    opt.step()
+    other_opt.step()
+    assert torch.equal(model[0].weight, before["0.weight"])  # its own lr = 0
+    assert not torch.equal(model[1].weight, before["1.weight"])
+    assert not torch.equal(other.weight, before["other"])
+
+
+def test_manager_positional_override_for_a_replaced_parameter():
+    """As in bitsandbytes: overrides a parameter had when registered follow its position to a
+    replacement tensor of the same shape (and not to one of another shape)."""
+    mng = GlobalOptimManager.get_instance()
+    old = torch.nn.Parameter(torch.randn(5000))
+    mng.override_config(old, "optim_bits", 32)
+    mng.register_parameters([old])
+    new = torch.nn.Parameter(old.detach().clone())
+    opt = bnb8.optim.Adam8bit([new])
+    new.grad = torch.randn_like(new)
+    opt.step()
+    assert opt.state[new]["state1"].dtype == torch.float32
+    reshaped = torch.nn.Parameter(torch.randn(50, 100))
+    opt2 = bnb8.optim.Adam8bit([reshaped])
+    reshaped.grad = torch.randn_like(reshaped)
+    opt2.step()
+    assert opt2.state[reshaped]["state1"].dtype == torch.uint8
+
+
+def test_override_of_another_familys_setting_is_an_error():
+    p, opt = trained()
+    GlobalOptimManager.get_instance().override_config(p, "momentum", 0.9)
+    p.grad = torch.randn_like(p)
+    snap = snapshot(p, opt)
+    with pytest.raises(ValueError, match=r"\['momentum'\].*not a setting of Adam8bit"):
+        opt.step()
+    assert_unchanged(p, opt, snap)
+
+
+# -- pickling ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_optimizer_copies_step_like_the_original(how):
+    p, opt = trained()
+    if how == "deepcopy":
+        p2, opt2 = copy.deepcopy((p, opt))
+    elif how == "pickle":
+        p2, opt2 = pickle.loads(pickle.dumps((p, opt)))
+    else:
+        buf = io.BytesIO()
+        torch.save((p, opt), buf)
+        buf.seek(0)
+        p2, opt2 = torch.load(buf, weights_only=False)
+    g = torch.randn_like(p)
+    p.grad, p2.grad = g, g.clone()
+    opt.step()
+    opt2.step()
+    assert torch.equal(p.detach(), p2.detach())
+    assert torch.equal(opt.state[p]["state1"], opt2.state[p2]["state1"])
+
+
+# -- embeddings --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_stable_embedding_after_conversion_to_half_precision(dtype):
+    torch.manual_seed(0)
+    emb = bnb8.nn.StableEmbedding(100, 16)
+    idx = torch.tensor([[1, 2, 3]])
+    reference = emb(idx)
+    out = emb.to(dtype)(idx)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+
+
+def test_embedding_copy_keeps_32bit_state():
+    emb = copy.deepcopy(bnb8.nn.StableEmbedding(5000, 4))
+    opt = bnb8.optim.Adam8bit(emb.parameters(), min_8bit_size=0)
+    emb(torch.tensor([1, 2])).sum().backward()
+    opt.step()
+    assert opt.state[emb.weight]["state1"].dtype == torch.float32
+    assert opt.state[emb.norm.weight]["state1"].dtype == torch.uint8
+
+
+# -- arguments ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"lr": None}, TypeError, "lr: expected a number"),
+        ({"lr": "0.1"}, TypeError, "lr: expected a number"),
+        ({"eps": None}, TypeError, "eps: expected a number"),
+        ({"betas": ("a", 0.9)}, TypeError, r"betas\[0\]: expected a number"),
+        ({"max_unorm": "x"}, TypeError, "max_unorm: expected a number"),
+        ({"min_8bit_size": 1.5}, ValueError, "min_8bit_size: expected a non-negative integer"),
+        ({"min_8bit_size": math.nan}, ValueError, "min_8bit_size: expected a non-negative integer"),
+        ({"optim_bits": 8.0}, ValueError, "optim_bits: expected 8 or 32"),
+    ],
+)
+def test_argument_types(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        bnb8.optim.Adam([torch.nn.Parameter(torch.randn(10))], **kwargs)
+
+
+def test_fixed_variants_see_positional_arguments():
+    p = torch.nn.Parameter(torch.randn(10))
+    opt = bnb8.optim.AdamW8bit([p], 1e-3, (0.9, 0.999), 1e-8, 0.05, False, 8)
+    assert opt.defaults["weight_decay"] == 0.05 and opt.defaults["optim_bits"] == 8
+    with pytest.raises(ValueError, match="Adam8bit has optim_bits=8; got optim_bits=32"):
+        bnb8.optim.Adam8bit([p], 1e-3, (0.9, 0.999), 1e-8, 0.0, False, 32)
