@@ -156,6 +156,14 @@ def test_state_dict_keeps_scheduler_and_user_keys_of_param_groups():
     assert opt3.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 2.5e-3
 
 
+def test_state_dict_post_hooks_see_the_nested_layout():
+    p, opt = trained()
+    seen = []
+    opt.register_state_dict_post_hook(lambda optimizer, sd: seen.append(sorted(sd["state"][0])))
+    opt.state_dict()
+    assert seen == [["__bnb_optimizer_quant_state__", "step"]]
+
+
 def test_state_dict_load_hooks_run():
     p, opt = trained()
     sd = opt.state_dict()

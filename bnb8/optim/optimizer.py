@@ -544,8 +544,14 @@ class Optimizer8bit(torch.optim.Optimizer):
         """torch.optim's layout with bitsandbytes' nesting: quantization tensors of each parameter
         (codes, absmax, qmap, float32 states, norm histories) under ``__bnb_optimizer_quant_state__``,
         so the dict loads in bitsandbytes too and FSDP's gathering skips them. Tensors and plain Python
-        values only: ``torch.load(..., weights_only=True)`` reads it."""
-        sd = super().state_dict()
+        values only: ``torch.load(..., weights_only=True)`` reads it. Post-hooks
+        (``register_state_dict_post_hook``) see this nested layout, the one that is returned."""
+        post_hooks = self._optimizer_state_dict_post_hooks
+        self._optimizer_state_dict_post_hooks = type(post_hooks)()  # run below, after nesting
+        try:
+            sd = super().state_dict()
+        finally:
+            self._optimizer_state_dict_post_hooks = post_hooks
         wrapped = {}
         for index, param_state in sd["state"].items():
             plain = {k: v for k, v in param_state.items() if k not in QUANT_KEYS}
@@ -554,6 +560,10 @@ class Optimizer8bit(torch.optim.Optimizer):
                 plain[QUANT_STATE_KEY] = quant
             wrapped[index] = plain
         sd["state"] = wrapped
+        for post_hook in post_hooks.values():
+            replaced = post_hook(self, sd)
+            if replaced is not None:
+                sd = replaced
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
