@@ -380,3 +380,72 @@ def test_fixed_variants_see_positional_arguments():
     assert opt.defaults["weight_decay"] == 0.05 and opt.defaults["optim_bits"] == 8
     with pytest.raises(ValueError, match="Adam8bit has optim_bits=8; got optim_bits=32"):
         bnb8.optim.Adam8bit([p], 1e-3, (0.9, 0.999), 1e-8, 0.0, False, 32)
+
+
+# -- options switched between steps: every state keeps its meaning ------------------------------------
+
+
+def _run_switch(make_ours, make_torch, switch, steps=(3, 3), n=(2000, 1000), seed=0):
+    """Both optimizers over the same gradients; `switch(group)` is applied to every group after
+    steps[0] steps. Returns the largest parameter difference and the largest parameter change."""
+    torch.manual_seed(seed)
+    init = [torch.randn(k) for k in n]
+    ours_p = [torch.nn.Parameter(t.clone()) for t in init]
+    ref_p = [torch.nn.Parameter(t.clone()) for t in init]
+    ours, ref = make_ours(ours_p), make_torch(ref_p)
+    for i in range(sum(steps)):
+        if i == steps[0]:
+            for opt in (ours, ref):
+                for group in opt.param_groups:
+                    switch(group)
+        for a, b in zip(ours_p, ref_p):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g, g.clone()
+        ours.step()
+        ref.step()
+    diff = max(float((a - b).detach().abs().max()) for a, b in zip(ours_p, ref_p))
+    change = max(float((b.detach() - t).abs().max()) for b, t in zip(ref_p, init))
+    return diff, change
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [({"momentum": 0.9, "centered": True}, {"momentum": 0.0}), ({"momentum": 0.9, "centered": True}, {"centered": False}),
+     ({"momentum": 0.9}, {"momentum": 0.0})],
+)  # fmt: skip
+def test_rmsprop_options_switched_between_steps_match_torch(before, after):
+    # (torch cannot switch momentum on after the first step: its state has no buffer then)
+    diff, change = _run_switch(
+        lambda ps: bnb8.optim.RMSprop32bit(ps, lr=1e-2, **before),
+        lambda ps: torch.optim.RMSprop(ps, lr=1e-2, **before),
+        lambda group: group.update(after),
+    )
+    assert diff < 1e-5 * max(change, 1.0)
+
+
+@pytest.mark.parametrize("momentum", [(0.0, 0.9), (0.9, 0.0)], ids=["on", "off"])
+def test_sgd_momentum_switched_between_steps_matches_torch(momentum):
+    diff, change = _run_switch(
+        lambda ps: bnb8.optim.SGD32bit(ps, lr=1e-2, momentum=momentum[0], dampening=0.5),
+        lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=momentum[0], dampening=0.5),
+        lambda group: group.update(momentum=momentum[1]),
+    )
+    assert diff < 1e-6 * max(change, 1.0)
+
+
+def test_parameters_with_and_without_a_buffer_step_together():
+    """After momentum is switched off, a parameter that has a buffer and one that never had one
+    share a step (in either order), and the optimizer's state dict loads back."""
+    for order in ((0, 1), (1, 0)):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(300)) for _ in range(2)]
+        opt = bnb8.optim.RMSprop32bit([ps[order[0]], ps[order[1]]], lr=1e-2, momentum=0.9)
+        ps[0].grad = torch.randn(300)
+        opt.step()  # only ps[0] gets state (with a momentum buffer)
+        opt.param_groups[0]["momentum"] = 0.0
+        for p in ps:
+            p.grad = torch.randn(300)
+        opt.step()
+        assert opt.state[ps[0]]["step"] == 2 and opt.state[ps[1]]["step"] == 1
+        fresh = bnb8.optim.RMSprop32bit([ps[order[0]], ps[order[1]]], lr=1e-2)
+        fresh.load_state_dict(opt.state_dict())

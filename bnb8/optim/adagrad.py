@@ -87,7 +87,7 @@ class Adagrad(Optimizer8bit):
         else:
             state["state1"].fill_(value)
 
-    def _rule(self, cfg, step, quantized):
+    def _rule(self, cfg, step, quantized, new_state=False):
         clr = cfg["lr"] / (1.0 + (step - 1) * cfg["lr_decay"])
         return "adagrad", dict(step_size=clr, lr=cfg["lr"], eps=cfg["eps"], weight_decay=cfg["weight_decay"])
 

@@ -81,7 +81,7 @@ class _AdamBase(Optimizer8bit):
             kinds.append(("state3", None))  # running max of the second moment, always float32
         return kinds
 
-    def _rule(self, cfg, step, quantized):
+    def _rule(self, cfg, step, quantized, new_state=False):
         beta1, beta2 = cfg["betas"]
         lr, wd = cfg["lr"], cfg["weight_decay"]
         hyper = dict(

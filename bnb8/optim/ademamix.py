@@ -107,7 +107,7 @@ class AdEMAMix(Optimizer8bit):
         ln1, ln3, s = math.log(beta1), math.log(beta3), step / t_beta3
         return alpha_t, min(math.exp(ln1 * ln3 / ((1.0 - s) * ln3 + s * ln1)), beta3)
 
-    def _rule(self, cfg, step, quantized):
+    def _rule(self, cfg, step, quantized, new_state=False):
         beta1, beta2, _ = cfg["betas"]
         alpha_t, beta3_t = self.schedules(cfg, step)
         bc1 = 1.0 - beta1**step

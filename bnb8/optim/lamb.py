@@ -94,7 +94,7 @@ class LAMB(Optimizer8bit):
     def _bias_correction1(self, cfg: dict[str, Any], step: int) -> float:
         return 1.0 - cfg["betas"][0] ** step if cfg["bias_correction"] else 1.0
 
-    def _rule(self, cfg, step, quantized):
+    def _rule(self, cfg, step, quantized, new_state=False):
         beta1, beta2 = cfg["betas"]
         wd = cfg["weight_decay"]
         # The kernel's u is (1 - beta1^step) times the paper's (bias correction 1 folded out; the trust

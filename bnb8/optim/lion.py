@@ -51,7 +51,7 @@ class Lion(Optimizer8bit):
     def _state_kinds(self, cfg):
         return [("state1", True)]  # momentum
 
-    def _rule(self, cfg, step, quantized):
+    def _rule(self, cfg, step, quantized, new_state=False):
         beta1, beta2 = cfg["betas"]
         lr = cfg["lr"]
         return "lion", dict(

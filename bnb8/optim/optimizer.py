@@ -213,9 +213,18 @@ class Optimizer8bit(torch.optim.Optimizer):
         """The states of a parameter: (key, signed) per state; signed=None keeps it float32 always."""
         raise NotImplementedError
 
-    def _rule(self, cfg: dict[str, Any], step: int, quantized: bool) -> tuple[str, dict[str, float]]:
-        """The native rule name and its hyper-parameters (bnb8._native.HYPER_FIELDS) for one step."""
+    def _rule(
+        self, cfg: dict[str, Any], step: int, quantized: bool, new_state: bool = False
+    ) -> tuple[str, dict[str, float]]:
+        """The native rule name and its hyper-parameters (bnb8._native.HYPER_FIELDS) for one step.
+        ``new_state``: the parameter's states were created (zero) for this step."""
         raise NotImplementedError
+
+    def _may_start_late(self, key: str) -> bool:
+        """Whether state ``key`` may be missing from a state dict after the first step (a buffer that
+        an option enabled later creates at zero, as torch does: SGD's momentum buffer). A moment of
+        Adam may not: restarting it at zero under a bias correction for ``step`` steps is wrong."""
+        return False
 
     def _update_scale(
         self, cfg: dict[str, Any], unorm: torch.Tensor, pnorm: torch.Tensor, hyper: dict[str, float]
@@ -352,26 +361,30 @@ class Optimizer8bit(torch.optim.Optimizer):
                     "before creating the optimizer, or load_state_dict again after moving it"
                 )
 
-    def _state_plan(self, cfg: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
-        """For one configuration: the keys a parameter's state must have, and a state that may only be
-        float32 (amsgrad's running maximum), if any."""
+    def _state_plan(self, cfg: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
+        """For one configuration: the states the update uses (in the rule's order), every key a
+        parameter's state must have, and a state that may only be float32 (amsgrad's running
+        maximum), if any."""
         kinds = self._state_kinds(cfg)
-        keys = [key for key, _ in kinds]
+        state_keys = tuple(key for key, _ in kinds)
+        keys = list(state_keys)
         if cfg["percentile_clipping"] < 100:
             keys.append("gnorm_vec")
         if self._needs_norms(cfg):
             keys.append("unorm_vec")
         float_only = next((key for key, signed in kinds if signed is None), None)
-        return tuple(keys), float_only
+        return state_keys, tuple(keys), float_only
 
-    def _state_incomplete(self, p: torch.Tensor, plan: tuple[tuple[str, ...], str | None]) -> bool:
+    def _state_incomplete(
+        self, p: torch.Tensor, plan: tuple[tuple[str, ...], tuple[str, ...], str | None]
+    ) -> bool:
         """Whether ``p``'s state must be created or completed before this step (a state, or the norm
         history of percentile clipping or max_unorm, enabled after it was created). Raises, before
         anything changes, when the configuration cannot run on the state ``p`` already has."""
         state = self.state.get(p)
         if not state:
             return True
-        keys, float_only = plan
+        _, keys, float_only = plan
         if float_only is not None and "state1" in state and state["state1"].dtype == torch.uint8:
             # a float32-only state cannot join 8-bit ones in one native call
             raise ValueError(
@@ -415,28 +428,30 @@ class Optimizer8bit(torch.optim.Optimizer):
                 plan = plan_of.get(id(cfg))
                 if plan is None:
                     plan = plan_of[id(cfg)] = self._state_plan(cfg)
-                work.append((p, cfg, self._state_incomplete(p, plan)))
+                work.append((p, cfg, plan[0], self._state_incomplete(p, plan)))
         buckets: dict[tuple, list] = defaultdict(list)
         rule_of: dict[tuple, tuple[str, tuple[float, ...]]] = {}
-        for p, cfg, incomplete in work:
+        for p, cfg, state_keys, incomplete in work:
             state = self.state[p]
+            new_state = bool(state_keys) and state_keys[0] not in state
             if incomplete:
                 self._init_state(p, cfg)
             state["step"] += 1
-            quantized = "state1" in state and state["state1"].dtype == torch.uint8
-            rule_key = (id(cfg), state["step"], quantized)
+            quantized = bool(state_keys) and state[state_keys[0]].dtype == torch.uint8
+            rule_key = (id(cfg), state["step"], quantized, new_state)
             if rule_key not in rule_of:
-                rule, hyper = self._rule(cfg, state["step"], quantized)
+                rule, hyper = self._rule(cfg, state["step"], quantized, new_state=new_state)
                 hyper["skip_zeros"] = int(bool(cfg["skip_zeros"]))
                 rule_of[rule_key] = (rule, tuple(_native.hyper_list(**hyper)))
             rule, hyper_values = rule_of[rule_key]
-            qmaps = tuple(id(state[k]) for k in ("qmap1", "qmap2", "qmap3") if k in state)
+            qmaps = tuple(id(state["qmap" + k[5:]]) for k in state_keys if "qmap" + k[5:] in state)
             key = (
                 p.device,
                 p.dtype,
                 quantized,
                 rule,
                 hyper_values,
+                state_keys,
                 qmaps,
                 cfg["percentile_clipping"],
                 cfg["max_unorm"],
@@ -478,7 +493,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         return torch.stack([scale, torch.ones_like(scale)], dim=1)
 
     def _update_bucket(self, key: tuple, members: list) -> None:
-        device, _, quantized, rule, hyper, _, _, _, _, needs_norms, _ = key
+        device, _, quantized, rule, hyper, state_keys, _, _, _, _, needs_norms, _ = key
         sharded = members[0][0]  # DTensor params: the kernels see local shards, norms are all-reduced
         params = [_distributed.local(p) for p, _ in members]
         cfg = members[0][1]
@@ -486,19 +501,18 @@ class Optimizer8bit(torch.optim.Optimizer):
         work_params = [p if p.is_contiguous() else p.contiguous() for p in params]
         grads = [_distributed.local(p.grad).contiguous() for p, _ in members]
         states0 = self.state[members[0][0]]
-        n_states = sum(1 for k in ("state1", "state2", "state3") if k in states0)
-        states = [
-            [_distributed.local(self.state[p][f"state{k}"]) for p, _ in members]
-            for k in range(1, n_states + 1)
-        ]
+        # The states the rule uses, in its order (a state of an option switched off stays unused).
+        slots = [key[len("state") :] for key in state_keys]
+        n_states = len(slots)
+        states = [[_distributed.local(self.state[p][f"state{k}"]) for p, _ in members] for k in slots]
         absmaxes = [
             [_distributed.local_absmax(self.state[p][f"absmax{k}"], p) for p, _ in members]
             if f"absmax{k}" in states0
             else []
-            for k in range(1, n_states + 1)
+            for k in slots
         ]
         qmaps, thresholds, buckets = [], [], []
-        for k in range(1, n_states + 1):
+        for k in slots:
             if f"qmap{k}" in states0:
                 qmap = states0[f"qmap{k}"]
                 thr, lo = self._search_tables(qmap)
@@ -693,18 +707,13 @@ class Optimizer8bit(torch.optim.Optimizer):
         # The states must be complete after the first step (a missing moment would restart at zero
         # under a bias correction for `step` steps: huge updates) and of one kind (one native call).
         kinds = self._state_kinds(cfg)
-        kinds_present = {out[key].dtype for key, _ in kinds if key in out}
-        if out["step"] > 0 and any(key not in out for key, _ in kinds):
-            missing = [key for key, _ in kinds if key not in out]
+        present = [key for key in ("state1", "state2", "state3") if key in out]
+        kinds_present = {out[key].dtype for key in present}
+        missing = [key for key, _ in kinds if key not in out and not self._may_start_late(key)]
+        if out["step"] > 0 and missing:
             raise ValueError(f"{where}: step is {out['step']} but {', '.join(missing)} is missing")
-        if len(kinds_present) > 1 or any(
-            key in out for key in ("state1", "state2", "state3") if key not in dict(kinds)
-        ):
-            raise ValueError(
-                f"{where}: states {[k for k in ('state1', 'state2', 'state3') if k in out]} do not fit "
-                f"{type(self).__name__}'s states {[k for k, _ in kinds]} for this configuration, all of one kind "
-                "(all 8-bit or all 32-bit)"
-            )
+        if len(kinds_present) > 1:
+            raise ValueError(f"{where}: states {present} are not all of one kind (all 8-bit or all 32-bit)")
         if torch.uint8 in kinds_present and any(signed is None for _, signed in kinds):
             raise ValueError(
                 f"{where}: 8-bit state cannot be loaded where this configuration needs 32-bit state (amsgrad)"

@@ -66,14 +66,19 @@ class RMSprop(Optimizer8bit):
             raise ValueError(f"Invalid alpha value: alpha={group['alpha']!r} (expected >= 0)")
 
     def _state_kinds(self, cfg):
+        # One slot per meaning, whichever options are on (as torch's named states): switching momentum
+        # or centered between steps never hands one buffer to another's role.
         kinds = [("state1", False)]  # running mean of g^2
         if cfg["momentum"] > 0:
-            kinds.append((f"state{len(kinds) + 1}", True))  # momentum buffer
+            kinds.append(("state2", True))  # momentum buffer
         if cfg["centered"]:
-            kinds.append((f"state{len(kinds) + 1}", True))  # running mean of g
+            kinds.append(("state3", True))  # running mean of g
         return kinds
 
-    def _rule(self, cfg, step, quantized):
+    def _may_start_late(self, key):
+        return key != "state1"  # buffers of options switched on later start at zero, as in torch
+
+    def _rule(self, cfg, step, quantized, new_state=False):
         rule = (
             "rmsprop"
             + ("_centered" if cfg["centered"] else "")

@@ -73,7 +73,7 @@ class SGD(Optimizer8bit):
     def _state_kinds(self, cfg):
         return [("state1", True)] if cfg["momentum"] != 0 else []
 
-    def _rule(self, cfg, step, quantized):
+    def _rule(self, cfg, step, quantized, new_state=False):
         if cfg["momentum"] == 0:
             return "sgd_plain", dict(step_size=cfg["lr"], lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         hyper = dict(
@@ -81,12 +81,15 @@ class SGD(Optimizer8bit):
             lr=cfg["lr"],
             weight_decay=cfg["weight_decay"],
             momentum=cfg["momentum"],
-            # torch starts the buffer at the gradient itself: with the zero state, no dampening on step 1.
-            dampening=0.0 if step == 1 else cfg["dampening"],
+            # torch starts the buffer at the gradient itself: from the zero state, no dampening on the
+            # buffer's first update (step 1, or the step after momentum was switched on).
+            dampening=0.0 if new_state else cfg["dampening"],
             nesterov=int(bool(cfg["nesterov"])),
-            step=min(step, 2),  # the first step differs: one bucket for all later steps
         )
         return "sgd", hyper
+
+    def _may_start_late(self, key):
+        return True  # the momentum buffer: momentum switched on later starts it, as in torch
 
 
 class LARS(SGD):
