@@ -449,3 +449,32 @@ def test_parameters_with_and_without_a_buffer_step_together():
         assert opt.state[ps[0]]["step"] == 2 and opt.state[ps[1]]["step"] == 1
         fresh = bnb8.optim.RMSprop32bit([ps[order[0]], ps[order[1]]], lr=1e-2)
         fresh.load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda ps: bnb8.optim.SGD(ps, lr=0.1, momentum=None), "momentum: expected a number"),
+        (lambda ps: bnb8.optim.RMSprop(ps, alpha="0.9"), "alpha: expected a number"),
+        (lambda ps: bnb8.optim.Adagrad(ps, lr_decay=None), "lr_decay: expected a number"),
+        (lambda ps: bnb8.optim.Lion(ps, betas=0.9), "betas: expected a tuple of 2 floats"),
+        (lambda ps: bnb8.optim.AdEMAMix(ps, betas=None), "betas: expected a tuple of 3 floats"),
+    ],
+)
+def test_family_argument_types(make, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make([torch.nn.Parameter(torch.randn(10))])
+
+
+def test_fixed_bits_variants_take_bitsandbytes_positional_order():
+    """bitsandbytes' SGD8bit, LARS8bit, Lion8bit, ... have no optim_bits slot; Adam8bit and
+    Adagrad8bit do."""
+    p = torch.nn.Parameter(torch.randn(10))
+    assert bnb8.optim.SGD8bit([p], 0.1, 0.9, 0.0, 0.0, False, None, 100).defaults["min_8bit_size"] == 100
+    assert bnb8.optim.LARS8bit([p], 0.1, 0.9, 0.0, 0.0, False, None, 100).defaults["min_8bit_size"] == 100
+    assert bnb8.optim.Lion8bit([p], 1e-4, (0.9, 0.99), 0.0, None, 100).defaults["min_8bit_size"] == 100
+    assert bnb8.optim.Adagrad8bit([p], 0.01, 0, 0, 0, 1e-10, 8, None, 100).defaults["min_8bit_size"] == 100
+    assert (
+        bnb8.optim.Adam8bit([p], 1e-3, (0.9, 0.999), 1e-8, 0, False, 8, None, 100).defaults["min_8bit_size"]
+        == 100
+    )

@@ -7,7 +7,14 @@ from typing import Any
 import torch
 
 from bnb8.optim.adam import _COMMON_ARGS_DOC, fixed_variant
-from bnb8.optim.optimizer import Optimizer8bit, check_eps, check_lr, check_weight_decay, common_args
+from bnb8.optim.optimizer import (
+    Optimizer8bit,
+    check_eps,
+    check_lr,
+    check_real,
+    check_weight_decay,
+    common_args,
+)
 
 
 class Adagrad(Optimizer8bit):
@@ -26,6 +33,7 @@ class Adagrad(Optimizer8bit):
         initial_accumulator_value (float, optional): starting value of the sum of squares (default: 0).
         eps (float, optional): added to the denominator for numerical stability
             (default: 1e-10).""" + _COMMON_ARGS_DOC.format(bits=32)
+    bits_positional = True  # bitsandbytes' Adagrad8bit(..., eps, optim_bits, args, ...)
 
     def __init__(
         self,
@@ -62,6 +70,8 @@ class Adagrad(Optimizer8bit):
         check_lr(group["lr"])
         check_eps(group["eps"])
         check_weight_decay(group["weight_decay"])
+        check_real("lr_decay", group["lr_decay"])
+        check_real("initial_accumulator_value", group["initial_accumulator_value"])
         if not group["lr_decay"] >= 0.0:
             raise ValueError(f"Invalid lr_decay value: lr_decay={group['lr_decay']!r} (expected >= 0)")
         if not group["initial_accumulator_value"] >= 0.0:

@@ -8,6 +8,7 @@ from typing import Any
 
 from bnb8.optim.optimizer import (
     Optimizer8bit,
+    as_tuple,
     check_betas,
     check_eps,
     check_lr,
@@ -36,6 +37,7 @@ _COMMON_ARGS_DOC = """
 
 
 class _AdamBase(Optimizer8bit):
+    bits_positional = True  # bitsandbytes' Adam8bit(..., amsgrad, optim_bits, ...)
     decoupled: bool = False  # AdamW: weight decay applied to the parameter, not added to the gradient
     torch_state_keys = {"exp_avg": "state1", "exp_avg_sq": "state2", "max_exp_avg_sq": "state3"}
 
@@ -62,7 +64,7 @@ class _AdamBase(Optimizer8bit):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        defaults = dict(lr=lr, betas=as_tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
         super().__init__(params, defaults, **common_args(locals()))
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -146,6 +148,12 @@ def fixed_variant(base: type, name: str, bits: int | None = None, paged: bool = 
         )
         if not any(a.kind is inspect.Parameter.VAR_POSITIONAL for a in sig.parameters.values())
     )
+    if bits is not None and not base.bits_positional:
+        # bitsandbytes' SGD8bit, Lion8bit, ... have no optim_bits slot: the arguments after it shift left.
+        kept = [a for a in signature.parameters.values() if a.name != "optim_bits"]
+        cut = next((i for i, a in enumerate(kept) if a.kind is inspect.Parameter.KEYWORD_ONLY), len(kept))
+        bits_arg = signature.parameters["optim_bits"].replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        signature = signature.replace(parameters=[*kept[:cut], bits_arg, *kept[cut:]])
 
     def __init__(self, params, *args, **kwargs):
         # Positional arguments by name first, so a fixed one passed by position is seen too.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -10,16 +11,20 @@ import torch
 from bnb8.optim.adam import _COMMON_ARGS_DOC, fixed_variant
 from bnb8.optim.optimizer import (
     Optimizer8bit,
+    as_tuple,
     check_betas,
     check_eps,
     check_lr,
+    check_real,
     check_weight_decay,
     common_args,
 )
 
 
 def _check_period(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0
+    ):
         raise ValueError(f"{name}: expected None or a positive number of steps (int), got {value!r}")
 
 
@@ -70,7 +75,7 @@ class AdEMAMix(Optimizer8bit):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=as_tuple(betas),
             alpha=alpha,
             t_alpha=t_alpha,
             t_beta3=t_beta3,
@@ -84,6 +89,7 @@ class AdEMAMix(Optimizer8bit):
         check_eps(group["eps"])
         check_weight_decay(group["weight_decay"])
         check_betas(group["betas"], count=3)
+        check_real("alpha", group["alpha"])
         if not group["alpha"] >= 0.0:
             raise ValueError(f"Invalid alpha value: alpha={group['alpha']!r} (expected >= 0)")
         _check_period("t_alpha", group["t_alpha"])

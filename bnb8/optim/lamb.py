@@ -10,6 +10,7 @@ import torch
 from bnb8.optim.adam import _COMMON_ARGS_DOC, fixed_variant
 from bnb8.optim.optimizer import (
     Optimizer8bit,
+    as_tuple,
     check_betas,
     check_eps,
     check_lr,
@@ -67,7 +68,7 @@ class LAMB(Optimizer8bit):
         defaults = dict(
             lr=lr,
             bias_correction=bool(bias_correction),
-            betas=tuple(betas),
+            betas=as_tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
             amsgrad=amsgrad,

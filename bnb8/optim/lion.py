@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from bnb8.optim.adam import _COMMON_ARGS_DOC, fixed_variant
-from bnb8.optim.optimizer import Optimizer8bit, check_betas, check_lr, check_weight_decay, common_args
+from bnb8.optim.optimizer import (
+    Optimizer8bit,
+    as_tuple,
+    check_betas,
+    check_lr,
+    check_weight_decay,
+    common_args,
+)
 
 
 class Lion(Optimizer8bit):
@@ -40,7 +47,7 @@ class Lion(Optimizer8bit):
         skip_zeros: bool = False,
         maximize: bool = False,
     ) -> None:
-        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        defaults = dict(lr=lr, betas=as_tuple(betas), weight_decay=weight_decay)
         super().__init__(params, defaults, **common_args(locals()))
 
     def _check_group(self, group: dict[str, Any]) -> None:

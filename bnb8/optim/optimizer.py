@@ -99,9 +99,15 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _check_real(name: str, value: Any) -> None:
+def check_real(name: str, value: Any) -> None:
+    """TypeError naming the argument unless ``value`` is a real number (bool excluded)."""
     if not _is_real(value):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+
+
+def as_tuple(betas: Any) -> Any:
+    """``betas`` as a tuple when it is a sequence; anything else as given, for check_betas to reject."""
+    return tuple(betas) if isinstance(betas, tuple | list) else betas
 
 
 def _check_common(cfg: dict[str, Any]) -> None:
@@ -114,7 +120,7 @@ def _check_common(cfg: dict[str, Any]) -> None:
     pc = cfg["percentile_clipping"]
     if isinstance(pc, bool) or not isinstance(pc, numbers.Integral) or not 1 <= pc <= 100:
         raise ValueError(f"percentile_clipping: expected an integer in 1..100 (100 = off), got {pc!r}")
-    _check_real("max_unorm", cfg["max_unorm"])
+    check_real("max_unorm", cfg["max_unorm"])
     if not cfg["max_unorm"] >= 0.0:
         raise ValueError(f"max_unorm: expected >= 0 (0 = off), got {cfg['max_unorm']!r}")
 
@@ -122,19 +128,19 @@ def _check_common(cfg: dict[str, Any]) -> None:
 def check_lr(lr: Any) -> None:
     if isinstance(lr, torch.Tensor):
         raise ValueError("lr: a tensor learning rate is not supported; pass a float")
-    _check_real("lr", lr)
+    check_real("lr", lr)
     if not lr >= 0.0:
         raise ValueError(f"Invalid learning rate: lr={lr!r} (expected >= 0)")
 
 
 def check_eps(eps: Any) -> None:
-    _check_real("eps", eps)
+    check_real("eps", eps)
     if not eps >= 0.0:
         raise ValueError(f"Invalid epsilon value: eps={eps!r} (expected >= 0)")
 
 
 def check_weight_decay(weight_decay: Any) -> None:
-    _check_real("weight_decay", weight_decay)
+    check_real("weight_decay", weight_decay)
     if not weight_decay >= 0.0:
         raise ValueError(f"Invalid weight_decay value: weight_decay={weight_decay!r} (expected >= 0)")
 
@@ -143,7 +149,7 @@ def check_betas(betas: Any, count: int = 2) -> None:
     if not isinstance(betas, tuple | list) or len(betas) != count:
         raise ValueError(f"betas: expected a tuple of {count} floats in [0, 1), got {betas!r}")
     for i, b in enumerate(betas):
-        _check_real(f"betas[{i}]", b)
+        check_real(f"betas[{i}]", b)
         if not 0.0 <= b < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: betas[{i}]={b!r} (expected in [0, 1))")
 
@@ -154,6 +160,9 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     # Names of the group keys the family itself validates and uses (besides COMMON_DEFAULTS).
     family_keys: tuple[str, ...] = ()
+    # Whether bitsandbytes' fixed-bits variants (X8bit, X32bit) keep optim_bits as a positional
+    # argument: Adam's and Adagrad's do, the other families' do not (see adam.fixed_variant).
+    bits_positional: bool = False
     # The torch.optim class's state keys and the bnb8 states they are (exp_avg -> state1, ...), so a
     # torch.optim state dict of the same algorithm loads (as 32-bit state).
     torch_state_keys: dict[str, str] = {}

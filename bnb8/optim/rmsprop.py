@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from bnb8.optim.adam import _COMMON_ARGS_DOC, fixed_variant
-from bnb8.optim.optimizer import Optimizer8bit, check_eps, check_lr, check_weight_decay, common_args
+from bnb8.optim.optimizer import (
+    Optimizer8bit,
+    check_eps,
+    check_lr,
+    check_real,
+    check_weight_decay,
+    common_args,
+)
 
 
 class RMSprop(Optimizer8bit):
@@ -60,6 +67,8 @@ class RMSprop(Optimizer8bit):
         check_lr(group["lr"])
         check_eps(group["eps"])
         check_weight_decay(group["weight_decay"])
+        check_real("momentum", group["momentum"])
+        check_real("alpha", group["alpha"])
         if not group["momentum"] >= 0.0:
             raise ValueError(f"Invalid momentum value: momentum={group['momentum']!r} (expected >= 0)")
         if not group["alpha"] >= 0.0:

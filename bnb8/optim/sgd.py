@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from bnb8.optim.adam import _COMMON_ARGS_DOC, fixed_variant
-from bnb8.optim.optimizer import Optimizer8bit, check_lr, check_weight_decay, common_args
+from bnb8.optim.optimizer import Optimizer8bit, check_lr, check_real, check_weight_decay, common_args
 
 
 def check_momentum(group: dict[str, Any]) -> None:
+    check_real("momentum", group["momentum"])
+    check_real("dampening", group["dampening"])
     if not group["momentum"] >= 0.0:
         raise ValueError(f"Invalid momentum value: momentum={group['momentum']!r} (expected >= 0)")
     if not group["dampening"] >= 0.0:
