@@ -478,3 +478,23 @@ def test_fixed_bits_variants_take_bitsandbytes_positional_order():
         bnb8.optim.Adam8bit([p], 1e-3, (0.9, 0.999), 1e-8, 0, False, 8, None, 100).defaults["min_8bit_size"]
         == 100
     )
+
+
+def test_bitsandbytes_group_settings_load_and_are_saved():
+    """bitsandbytes' SGD/RMSprop groups hold momentum, dampening and alpha in `betas`: loading maps
+    them to the settings, saving writes them (and `eps`) so bitsandbytes can load bnb8's dicts."""
+    p = torch.nn.Parameter(torch.randn(5000))
+    sgd = bnb8.optim.SGD8bit([p], lr=0.1, momentum=0.9, dampening=0.1)
+    p.grad = torch.randn(5000)
+    sgd.step()
+    sd = sgd.state_dict()
+    assert sd["param_groups"][0]["betas"] == (0.9, 0.1) and sd["param_groups"][0]["eps"] == 0.0
+    for key in ("momentum", "dampening"):  # as bitsandbytes saves it
+        del sd["param_groups"][0][key]
+    sd["param_groups"][0]["betas"] = (0.5, 0.2)
+    other = bnb8.optim.SGD8bit([p], lr=0.1, momentum=0.9)
+    other.load_state_dict(sd)
+    assert other.param_groups[0]["momentum"] == 0.5 and other.param_groups[0]["dampening"] == 0.2
+    assert "betas" not in other.param_groups[0]
+    rms = bnb8.optim.RMSprop8bit([p], lr=0.01, alpha=0.9)
+    assert rms.state_dict()["param_groups"][0]["betas"] == (0.9, 0.0)

@@ -690,6 +690,32 @@ def test_loads_bitsandbytes_state_dict(name):
     assert torch.isfinite(q).all()
 
 
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", sorted(set(BNB_CLASSES) - {"ademamix"}))
+def test_bitsandbytes_loads_bnb8_state_dict(name):
+    """The other way round (AdEMAMix excepted: bitsandbytes wants its momenta stacked): bitsandbytes
+    loads bnb8's state dict and continues within quantization noise of bnb8."""
+    bnb = _bnb()
+    cls_name, kw = BNB_CLASSES[name]
+    torch.manual_seed(0)
+    q = torch.nn.Parameter(torch.randn(4097) * 0.1)
+    ours = BNB8_CLASSES[name]([q])
+    grads = [torch.randn(4097) * 0.01 for _ in range(4)]
+    for g in grads[:2]:
+        q.grad = g.clone()
+        ours.step()
+    p = torch.nn.Parameter(q.detach().clone())
+    theirs = getattr(bnb.optim, cls_name)([p], **kw)
+    theirs.load_state_dict(ours.state_dict())
+    for g in grads[2:]:
+        p.grad, q.grad = g.clone(), g.clone()
+        theirs.step()
+        ours.step()
+    assert torch.isfinite(p).all()
+    if name not in ("lamb", "lars"):  # bitsandbytes' 8-bit LAMB/LARS are other updates (README)
+        torch.testing.assert_close(p.detach(), q.detach(), atol=5e-3, rtol=0)
+
+
 def test_ademamix_loads_bitsandbytes_32bit_layout():
     p = torch.nn.Parameter(torch.randn(100))
     opt = optim.AdEMAMix([p])

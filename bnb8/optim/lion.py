@@ -29,6 +29,7 @@ class Lion(Optimizer8bit):
             momentum (default: (0.9, 0.99)).
         weight_decay (float, optional): decoupled weight decay coefficient
             (default: 0).""" + _COMMON_ARGS_DOC.format(bits=32)
+    bnb_group_extras = {"eps": 0.0}  # read (and unused) by bitsandbytes' Lion
 
     def __init__(
         self,

@@ -163,6 +163,11 @@ class Optimizer8bit(torch.optim.Optimizer):
     # Whether bitsandbytes' fixed-bits variants (X8bit, X32bit) keep optim_bits as a positional
     # argument: Adam's and Adagrad's do, the other families' do not (see adam.fixed_variant).
     bits_positional: bool = False
+    # How bitsandbytes' param groups hold this family's settings: key -> (its key, index), e.g. SGD's
+    # momentum is betas[0]; and keys its optimizers read that this family has none of (eps = 0). Saved
+    # groups carry both, so bitsandbytes loads bnb8's state dicts; loading maps them back.
+    bnb_group_aliases: dict[str, tuple[str, int]] = {}
+    bnb_group_extras: dict[str, Any] = {}
     # The torch.optim class's state keys and the bnb8 states they are (exp_avg -> state1, ...), so a
     # torch.optim state dict of the same algorithm loads (as 32-bit state).
     torch_state_keys: dict[str, str] = {}
@@ -583,11 +588,23 @@ class Optimizer8bit(torch.optim.Optimizer):
                 plain[QUANT_STATE_KEY] = quant
             wrapped[index] = plain
         sd["state"] = wrapped
+        for group in sd["param_groups"]:
+            for key, value in self._bnb_group_keys(group).items():
+                group.setdefault(key, value)
         for post_hook in post_hooks.values():
             replaced = post_hook(self, sd)
             if replaced is not None:
                 sd = replaced
         return sd
+
+    def _bnb_group_keys(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The keys bitsandbytes' optimizers of this family read from a group, from its settings."""
+        out = dict(self.bnb_group_extras)
+        for key, (alias, index) in self.bnb_group_aliases.items():
+            values = list(out.get(alias, (0.0, 0.0)))
+            values[index] = group[key]
+            out[alias] = tuple(values)
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of bnb8 or bitsandbytes (>= 0.44) for the same parameters.
@@ -627,6 +644,9 @@ class Optimizer8bit(torch.optim.Optimizer):
             # setting (an LR scheduler's initial_lr, a user's group name); bitsandbytes' groups also
             # carry other families' settings, which are dropped.
             kept = {k: v for k, v in sg.items() if k != "params" and (k in g or k not in OPTIMIZER_SETTINGS)}
+            for key, (alias, index) in self.bnb_group_aliases.items():  # a bitsandbytes group
+                if key not in sg and isinstance(sg.get(alias), tuple | list) and len(sg[alias]) > index:
+                    kept[key] = sg[alias][index]
             merged = {**g, **kept, "params": g["params"]}
             for key, default in COMMON_DEFAULTS.items():
                 merged.setdefault(key, default)
