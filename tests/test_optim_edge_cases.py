@@ -498,3 +498,33 @@ def test_bitsandbytes_group_settings_load_and_are_saved():
     assert "betas" not in other.param_groups[0]
     rms = bnb8.optim.RMSprop8bit([p], lr=0.01, alpha=0.9)
     assert rms.state_dict()["param_groups"][0]["betas"] == (0.9, 0.0)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda ps: bnb8.optim.SGD(ps, lr=1e-2, momentum=0.9), lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9)),
+        (lambda ps: bnb8.optim.SGD(ps, lr=1e-2), lambda ps: torch.optim.SGD(ps, lr=1e-2)),
+        (lambda ps: bnb8.optim.RMSprop(ps, momentum=0.9, centered=True),
+         lambda ps: torch.optim.RMSprop(ps, momentum=0.9, centered=True)),
+        (lambda ps: bnb8.optim.Adagrad(ps, initial_accumulator_value=0.1),
+         lambda ps: torch.optim.Adagrad(ps, initial_accumulator_value=0.1)),
+    ],
+    ids=["sgd-momentum", "sgd", "rmsprop", "adagrad"],
+)  # fmt: skip
+def test_torch_state_dicts_of_other_families_load_and_continue_like_torch(ours, theirs):
+    torch.manual_seed(0)
+    p_ref = torch.nn.Parameter(torch.randn(3000))
+    ref = theirs([p_ref])
+    for _ in range(4):
+        p_ref.grad = torch.randn(3000)
+        ref.step()
+    p = torch.nn.Parameter(p_ref.detach().clone())
+    opt = ours([p])
+    opt.load_state_dict(ref.state_dict())
+    for _ in range(3):
+        g = torch.randn(3000)
+        p_ref.grad, p.grad = g, g.clone()
+        ref.step()
+        opt.step()
+    torch.testing.assert_close(p.detach(), p_ref.detach(), rtol=1e-5, atol=1e-6)

@@ -33,6 +33,7 @@ class Adagrad(Optimizer8bit):
         initial_accumulator_value (float, optional): starting value of the sum of squares (default: 0).
         eps (float, optional): added to the denominator for numerical stability
             (default: 1e-10).""" + _COMMON_ARGS_DOC.format(bits=32)
+    torch_state_keys = {"sum": "state1"}
     bnb_group_extras = {"betas": (0.0, 0.0)}  # read (and unused) by bitsandbytes' Adagrad
     bits_positional = True  # bitsandbytes' Adagrad8bit(..., eps, optim_bits, args, ...)
 

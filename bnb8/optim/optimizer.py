@@ -661,6 +661,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             p, gi, pi = id_map[index]
             flat = {k: v for k, v in saved.items() if k != QUANT_STATE_KEY}
             flat.update(saved.get(QUANT_STATE_KEY, {}))
+            if self.torch_state_keys.keys() & flat.keys():  # a torch.optim state (SGD's keeps no step)
+                flat.setdefault("step", 1)
             flat = {self.torch_state_keys.get(k, k): v for k, v in flat.items()}
             cfg = self._config(gi, pi, new_groups[gi], p)
             new_state[p] = self._checked_state(index, p, self._convert_saved_state(flat, p), shared, cfg)

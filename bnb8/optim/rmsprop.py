@@ -34,6 +34,7 @@ class RMSprop(Optimizer8bit):
         momentum (float, optional): momentum factor (default: 0).
         centered (bool, optional): normalise by the estimated variance of the gradient
             (default: False).""" + _COMMON_ARGS_DOC.format(bits=32)
+    torch_state_keys = {"square_avg": "state1", "momentum_buffer": "state2", "grad_avg": "state3"}
     bnb_group_aliases = {"alpha": ("betas", 0), "momentum": ("betas", 1)}  # bitsandbytes: (alpha, momentum)
 
     def __init__(

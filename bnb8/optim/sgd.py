@@ -39,6 +39,7 @@ class SGD(Optimizer8bit):
         weight_decay (float, optional): L2 penalty (default: 0).
         nesterov (bool, optional): Nesterov momentum; needs momentum > 0 and dampening = 0
             (default: False).""" + _COMMON_ARGS_DOC.format(bits=32)
+    torch_state_keys = {"momentum_buffer": "state1"}
     # bitsandbytes: SGD's group holds betas = (momentum, dampening) and eps
     bnb_group_aliases = {"momentum": ("betas", 0), "dampening": ("betas", 1)}
     bnb_group_extras = {"eps": 0.0}
