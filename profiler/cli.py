@@ -220,7 +220,7 @@ def _check_filter(suite: suites.Suite, device: str, pattern: str | None) -> None
 def _resumed_run(args) -> tuple[suites.Suite, Path, dict]:
     given = [
         f"--{k}"
-        for k in ("device", "steps", "seeds", "out", "filter", "timeout", "nproc", "strategy")
+        for k in ("device", "steps", "seeds", "out", "filter", "timeout", "nproc", "strategy", "threads")
         if getattr(args, k) is not None
     ]
     if args.suite:
@@ -233,7 +233,12 @@ def _resumed_run(args) -> tuple[suites.Suite, Path, dict]:
     if not (run_dir / "run.json").is_file() or not (run_dir / "suite.toml").is_file():
         raise CliError(f"--resume {run_dir}: not a run directory (expected run.json and suite.toml in it)")
     settings = json.loads((run_dir / "run.json").read_text())
-    suite = suites.load(str(run_dir / "suite.toml"), steps=settings["steps"], seeds=settings["seeds"])
+    suite = suites.load(
+        str(run_dir / "suite.toml"),
+        steps=settings["steps"],
+        seeds=settings["seeds"],
+        warmup=settings.get("warmup"),
+    )
     suite.name = settings["suite"]
     return suite, run_dir, settings
 
@@ -285,7 +290,11 @@ def cmd_run(args) -> int:
 def _write_reports(run_dir: Path) -> int:
     from profiler import plots, report
 
-    made = plots.make_all(run_dir)
+    try:
+        made = plots.make_all(run_dir)
+    except Exception as error:  # the rows and the summary matter more than a picture
+        print(f"warning: plots not written: {type(error).__name__}: {error}", file=sys.stderr)
+        made = []
     summary = report.write_summary(run_dir, made)
     print()
     print(report.terminal_summary(run_dir))

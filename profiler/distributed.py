@@ -21,6 +21,7 @@ the global batch; ``final_loss`` averages the ranks' losses; ``notes`` lists eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -76,7 +77,7 @@ def run_distributed(
             "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
             "-m", "profiler.distributed", tmp, strategy, str(threads),
         ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, **runner.worker_env(), "OMP_NUM_THREADS": str(threads)}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
         proc = subprocess.Popen(
             command,
@@ -100,25 +101,63 @@ def run_distributed(
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         tail: list[str] = []
         failure = None
-        while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                line = lines.get(timeout=wait)
-            except queue.Empty:
-                os.killpg(proc.pid, signal.SIGKILL)
-                failure = f"error: timed out after {timeout_s:g} s (--timeout)"
-                break
-            if line is None:
-                break
-            step = _STEP_LINE.search(line)
-            if step:
-                progress(int(step.group(1)), float(step.group(2)))
-            else:
-                tail = (tail + [line.rstrip()])[-40:]
+        try:
+            while True:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    line = lines.get(timeout=wait)
+                except queue.Empty:
+                    _stop(proc, Path(tmp), nproc)
+                    failure = f"error: timed out after {timeout_s:g} s (--timeout)"
+                    break
+                if line is None:
+                    break
+                step = _STEP_LINE.search(line)
+                if step:
+                    progress(int(step.group(1)), float(step.group(2)))
+                else:
+                    tail = (tail + [line.rstrip()])[-40:]
+        except BaseException:  # Ctrl-C: the ranks are in sessions of their own and would run on
+            _stop(proc, Path(tmp), nproc)
+            raise
         proc.wait()
-        reader.join()
+        reader.join(timeout=10)
         ranks = [_read_json(Path(tmp) / f"rank{r}.json") for r in range(nproc)]
     return _aggregate(spec, nproc, strategy, ranks, failure, proc.returncode, tail)
+
+
+def _stop(proc: subprocess.Popen, workdir: Path, nproc: int) -> None:
+    """Stop the launcher and its ranks. torch.distributed.run starts every rank in a session of its
+    own, so signalling the launcher's process group alone leaves them running: SIGTERM first (the
+    launcher then stops its workers), then SIGKILL for whatever is left, ranks by the PIDs they wrote."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        targets = [proc.pid] + [pid for r in range(nproc) if (pid := _read_pid(workdir / f"rank{r}.pid"))]
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        if not any(_alive(pid) for pid in targets[1:]):
+            return
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_json(path: Path) -> dict | None:
@@ -141,8 +180,10 @@ def _aggregate(spec, nproc, strategy, ranks, failure, returncode, tail) -> tuple
             last = next((x for x in reversed(tail) if x.strip()), "")
             failure = f"error: {nproc - len(done)} rank(s) exited with code {returncode} without a result"
             row["notes"] = last[-300:]
+    row["load_avg_1m"] = os.getloadavg()[0]
     if done:
         row.update({k: v for k, v in done[0].items() if k in runner.RESULT_COLUMNS and k not in row})
+        row["threads"] = done[0].get("threads", row["threads"])  # what each rank ran with
     losses = done[0].get("losses", []) if done else []
     if failure is not None:
         row["status"] = failure
@@ -325,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     torch.set_num_threads(args.threads)
+    # A rank is the leader of a session of its own: the parent stops it by this PID (_stop).
+    (args.workdir / f"rank{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
     spec = _spec_from_dict(json.loads((args.workdir / "spec.json").read_text()))
     if spec.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

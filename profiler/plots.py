@@ -109,7 +109,8 @@ def loss_curves(summary: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Path
     """Training loss per step for every optimizer (mean over seeds), one panel per model; one legend."""
     if curves.empty:
         return None
-    models = list(dict.fromkeys(summary["model"]))
+    # Models with a curve (a model whose every run failed before its first step has none).
+    models = [m for m in dict.fromkeys(summary["model"]) if (curves["model"] == m).any()]
     styles = _line_styles(summary)
     labels = list(dict.fromkeys(summary["optimizer"]))
     cols = min(len(labels), 4)

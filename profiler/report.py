@@ -47,6 +47,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a report is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -54,22 +55,32 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_frame(path: Path, frame: pd.DataFrame) -> None:
     write_atomic(path, frame.to_csv(index=False))
+
+
+# Label columns read as text: a model or optimizer named "nan", "None" or "NA" stays a label.
+_LABELS = {k: str for k in ("key", "model", "optimizer", "config", "baseline", "status", "class", "kwargs")}
 
 
 def read_results(run_dir: Path) -> pd.DataFrame:
     path = Path(run_dir) / RESULTS
     if not path.exists():
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    return pd.read_csv(path)
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=_LABELS)
 
 
 def read_curves(run_dir: Path) -> pd.DataFrame:
     path = Path(run_dir) / CURVES
     if not path.exists():
         return pd.DataFrame(columns=CURVE_COLUMNS)
-    return pd.read_csv(path)
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=_LABELS)
 
 
 def finished_keys(run_dir: Path) -> set[str]:
@@ -439,7 +450,9 @@ def _load_range(run_dir: Path) -> str:
     load = pd.to_numeric(results["load_avg_1m"], errors="coerce").dropna()
     if load.empty:
         return "not recorded"
-    return f"{load.min():.1f} to {load.max():.1f} on {os.cpu_count()} CPUs"
+    env_path = Path(run_dir) / "env.json"
+    cpus = json.loads(env_path.read_text()).get("cpu_count") if env_path.exists() else None
+    return f"{load.min():.1f} to {load.max():.1f}" + (f" on {cpus} CPUs" if cpus else "")  # the run's machine
 
 
 def terminal_summary(run_dir: Path) -> str:

@@ -134,15 +134,18 @@ def resolve(name_or_path: str) -> Path:
     return candidate
 
 
-def load(name_or_path: str, *, steps: int | None = None, seeds: int | None = None) -> Suite:
-    """Read and validate a suite; ``steps``/``seeds`` override the file's values."""
+def load(
+    name_or_path: str, *, steps: int | None = None, seeds: int | None = None, warmup: int | None = None
+) -> Suite:
+    """Read and validate a suite; ``steps``/``seeds``/``warmup`` override the file's values (a resumed
+    run passes what it recorded)."""
     path = resolve(name_or_path)
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(f"{path}: not valid TOML: {e}") from None
     checker = _Checker(path)
-    suite = checker.suite(data, path.stem if path.parent == SUITES_DIR else path.stem, steps, seeds)
+    suite = checker.suite(data, path.stem if path.parent == SUITES_DIR else path.stem, steps, seeds, warmup)
     checker.raise_if_any()
     return suite
 
@@ -234,18 +237,26 @@ class _Checker:
             return default
         return value
 
-    def suite(self, data: dict, name: str, steps: int | None, seeds: int | None) -> Suite:
+    def suite(
+        self, data: dict, name: str, steps: int | None, seeds: int | None, warmup_override: int | None = None
+    ) -> Suite:
         self.unknown_keys(data, self.TOP_KEYS, "")
         description = self.get(data, "description", str, "")
         file_steps = self.get(data, "steps", int, "", minimum=2)
         seeds = seeds if seeds is not None else self.get(data, "seeds", int, "", default=1, minimum=1)
         warmup = self.get(data, "warmup", int, "", default=max(1, (file_steps or 0) // 5), minimum=0)
-        if steps is not None:  # --steps: keep the file's warm-up unless it no longer fits
-            warmup = min(warmup or 0, max(1, steps // 5))
+        if warmup_override is not None:
+            warmup = warmup_override
+        if steps is not None:  # --steps: keep the file's warm-up unless it leaves no timed step
+            if isinstance(warmup, int) and warmup >= steps:
+                warmup = max(1, steps // 5)
         else:
             steps = file_steps
-        if isinstance(steps, int) and isinstance(warmup, int) and warmup >= steps - 1:
-            self.error("warmup", f"expected fewer than steps - 1 = {steps - 1} warm-up steps, got {warmup}")
+        if isinstance(steps, int) and isinstance(warmup, int) and warmup >= steps:
+            self.error(
+                "warmup",
+                f"expected fewer warm-up steps than steps = {steps} (one timed step at least), got {warmup}",
+            )
         models = self.models(data.get("models"))
         optimizers = self.optimizers(data.get("optimizers"), data.get("baseline"))
         return Suite(

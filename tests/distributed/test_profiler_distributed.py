@@ -68,3 +68,25 @@ def test_cli_strategy_needs_nproc(capsys):
 
     assert cli.main(["run", "--strategy", "fsdp2"]) == 2
     assert "--nproc" in capsys.readouterr().err
+
+
+def test_timeout_stops_the_launcher_and_every_rank(monkeypatch):
+    """torch.distributed.run puts each rank in a session of its own: a timeout must stop them too,
+    not only the launcher (which left the profiler waiting on their output, the ranks running)."""
+    import os
+
+    from profiler import distributed
+
+    sys.path.insert(0, str(REPO / "tests" / "profiler"))  # profiler_fake_optimizers, for the ranks too
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO / "tests" / "profiler"), os.environ.get("PYTHONPATH")])
+    )
+    row, _ = distributed.run_distributed(
+        _spec("profiler_fake_optimizers.HangOnStep"), 2, "ddp", timeout_s=20, threads=1
+    )
+    assert row["status"] == "error: timed out after 20 s (--timeout)"
+    import subprocess
+
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    survivors = [line for line in listing.splitlines() if "profiler.distributed" in line]
+    assert not survivors, survivors

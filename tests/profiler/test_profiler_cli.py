@@ -97,7 +97,7 @@ BAD_SUITES = {
     "invalid-toml": ("steps = = 3", "not valid TOML"),
     "unknown-top-key": ('stepz = 3\n', "stepz: unknown key"),
     "steps-type": ('steps = "ten"', "steps: expected int, got str 'ten'"),
-    "warmup-too-long": ("warmup = 5", "warmup: expected fewer than steps - 1 = 5 warm-up steps, got 5"),
+    "warmup-too-long": ("warmup = 6", "warmup: expected fewer warm-up steps than steps = 6 (one timed step at least), got 6"),
     "unknown-model": ('[[models]]\nname = "resnet"\n', "models[2].name: unknown model 'resnet'; available: gpt, bert"),
     "model-option": ('[[models]]\nname = "mlp"\nseq_len = 3\n', "models[2].seq_len: unknown key"),
     "width": ('[[models]]\nname = "mlp"\nwidth = "wide"\n', "models[2].width: expected int or float, got str 'wide'"),

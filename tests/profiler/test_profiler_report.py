@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pandas as pd
@@ -118,3 +119,43 @@ def test_failed_configuration_is_recorded_and_the_suite_goes_on(tmp_path):
     assert status["bad"].startswith("error: ValueError: Invalid learning rate")
     summary = (run_dir / "summary.md").read_text()
     assert "## Failed configurations" in summary and "| mlp | bad | error: ValueError" in summary
+
+
+def test_a_model_without_curves_and_odd_labels_still_get_a_report(tmp_path):
+    """A model whose every run fails before its first step has no loss curve: the summary and the
+    other plots are still written. An optimizer labelled "nan" stays a label (not a missing value)."""
+    path = tmp_path / "odd.toml"
+    path.write_text(
+        'description = "odd"\nsteps = 3\nwarmup = 1\nbaseline = "nan"\n'
+        '[[models]]\nname = "mlp"\nwidth = 0.25\nbatch_size = 8\n'
+        '[[models]]\nname = "cnn"\nimage_size = 1\nbatch_size = 8\n'
+        '[[optimizers]]\nname = "nan"\nclass = "torch.optim.SGD"\nkwargs = { lr = 0.1 }\n'
+    )
+    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 0
+    (run_dir,) = (tmp_path / "odd").iterdir()
+    results = report.read_results(run_dir)
+    assert list(results["optimizer"]) == ["nan", "nan"]
+    status = results.set_index("model")["status"]
+    assert status["mlp"] == "ok" and status["cnn"].startswith("error")
+    summary = (run_dir / "summary.md").read_text()
+    assert "| cnn | nan | error" in summary and (run_dir / "loss_curves.png").is_file()
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("results.csv", "curves.csv", "summary.md", "run.json", "env.json"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_resume_keeps_the_recorded_warmup(tmp_path, tiny_suite_text):
+    from profiler import cli
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(tiny_suite_text.replace("warmup = 1", "warmup = 3"))
+    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path), "--filter", "mlp/adamw/"]) == 0
+    (run_dir,) = (tmp_path / "tiny").iterdir()
+    settings = json.loads((run_dir / "run.json").read_text())
+    settings["steps"] = 4  # as if recorded with --steps 4 (3 warm-up steps still fit)
+    (run_dir / "run.json").write_text(json.dumps(settings))
+    args = cli.build_parser().parse_args(["run", "--resume", str(run_dir)])
+    suite, _, _ = cli._resumed_run(args)
+    assert (suite.steps, suite.warmup) == (4, 3)
+    assert main(["run", "--resume", str(run_dir), "--threads", "1"]) == 2  # settings come from run.json
