@@ -375,6 +375,17 @@ class Optimizer8bit(torch.optim.Optimizer):
                     "before creating the optimizer, or load_state_dict again after moving it"
                 )
 
+    def _unnest_assigned_state(self, gi: int, pi: int, p: torch.Tensor, cfg: dict[str, Any]) -> None:
+        """A parameter state in state_dict()'s nested layout, assigned to ``self.state`` by a wrapper
+        that does not call load_state_dict (torch's ZeroRedundancyOptimizer.load_state_dict): checked
+        and flattened as load_state_dict would, before it is used."""
+        state = self.state.get(p)
+        if not state or QUANT_STATE_KEY not in state:
+            return
+        flat = {k: v for k, v in state.items() if k != QUANT_STATE_KEY}
+        flat.update(state[QUANT_STATE_KEY])
+        self.state[p] = self._checked_state(f"{gi}:{pi}", p, self._convert_saved_state(flat, p), {}, cfg)
+
     def _state_plan(self, cfg: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
         """For one configuration: the states the update uses (in the rule's order), every key a
         parameter's state must have, and a state that may only be float32 (amsgrad's running
@@ -439,6 +450,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                     continue
                 self._check_param(p)
                 cfg = self._config(gi, pi, group, p)
+                self._unnest_assigned_state(gi, pi, p, cfg)
                 plan = plan_of.get(id(cfg))
                 if plan is None:
                     plan = plan_of[id(cfg)] = self._state_plan(cfg)

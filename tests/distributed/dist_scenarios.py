@@ -7,6 +7,7 @@ process compares them with a single-process run of :func:`train_single` on the s
 
 from __future__ import annotations
 
+import copy
 import os
 import traceback
 from datetime import timedelta
@@ -266,11 +267,24 @@ def zero(rank, world, tmp, bits):
     _train(model, opt, rank, world, STEPS)
     opt.consolidate_state_dict(to=0)
     out = {"params": _full_params(model.module)}
+    sd = copy.deepcopy(opt.state_dict()) if rank == 0 else None  # state_dict() holds live tensors
     if rank == 0:
-        sd = opt.state_dict()
         out["consolidated_states"] = len(sd["state"])
-        # The consolidated dict loads back (same partitioning on every rank).
-        opt.load_state_dict(sd)
+    # Resume: every rank loads the consolidated dict into a fresh model and optimizer (ZeRO assigns
+    # each rank's share of the states directly) and continues exactly like the uninterrupted run.
+    gathered = [sd]
+    dist.broadcast_object_list(gathered, src=0)
+    _train(model, opt, rank, world, 3, first=STEPS)
+    expected = _full_params(model.module)
+    model2 = DistributedDataParallel(make_model())
+    model2.module.load_state_dict({k: v.clone() for k, v in out["params"].items()})
+    opt2 = ZeroRedundancyOptimizer(
+        model2.parameters(), optimizer_class=bnb8.optim.AdamW, **optimizer_kwargs(bits)
+    )
+    opt2.load_state_dict(gathered[0])
+    _train(model2, opt2, rank, world, 3, first=STEPS)
+    got = _full_params(model2.module)
+    out["resume_exact"] = all(torch.equal(expected[k], got[k]) for k in expected)
     return out
 
 

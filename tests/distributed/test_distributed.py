@@ -206,6 +206,8 @@ def test_fsdp2_overrides_apply_to_sharded_parameters(results):
 def test_zero_redundancy_optimizer(results, bits):
     out = scenario(results, f"zero{bits}")
     assert out["consolidated_states"] == 5  # consolidate_state_dict gathered every parameter's state
+    # loaded through ZeroRedundancyOptimizer on every rank: bit-exact resume
+    assert out["resume_exact"] and scenario(results, f"zero{bits}", 1)["resume_exact"]
     assert_close_to_single(out["params"], bits)
     assert_close_to_single(scenario(results, f"zero{bits}", 1)["params"], bits)
 
