@@ -486,4 +486,25 @@ def compare_runs(run_a: Path, run_b: Path) -> tuple[pd.DataFrame, list[str]]:
     keys_b = set(zip(b["model"], b["optimizer"]))
     notes = [f"only in A: {m}/{o}" for m, o in sorted(keys_a - keys_b)]
     notes += [f"only in B: {m}/{o}" for m, o in sorted(keys_b - keys_a)]
+    notes += _setting_differences(run_a, run_b)
     return table, notes
+
+
+def _setting_differences(run_a: Path, run_b: Path) -> list[str]:
+    """Warnings for settings that make the two runs' numbers incomparable (from run.json/env.json)."""
+
+    def settings(run: Path) -> dict:
+        out = {}
+        for name in ("run.json", "env.json"):
+            path = Path(run) / name
+            if path.exists():
+                out.update(json.loads(path.read_text()))
+        return out
+
+    a, b = settings(run_a), settings(run_b)
+    keys = ("steps", "warmup", "device", "nproc", "strategy", "threads", "device_name", "torch")
+    return [
+        f"warning: {key} differs (A: {a.get(key)}, B: {b.get(key)}): the ratios compare unlike runs"
+        for key in keys
+        if a.get(key) != b.get(key)
+    ]

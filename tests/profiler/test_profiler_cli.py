@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,6 +214,17 @@ def test_compare_a_run_with_itself(tiny_run, capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.count("1.000x") == 6 * 4  # four metrics per configuration, all equal
     assert (tmp_path / "cmp.md").read_text().strip() == out.strip()
+    assert "warning" not in out
+
+
+def test_compare_warns_about_different_settings(tiny_run, capsys, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    settings = json.loads((other / "run.json").read_text())
+    settings["steps"] = 120
+    (other / "run.json").write_text(json.dumps(settings))
+    assert main(["compare", str(tiny_run), str(other)]) == 0
+    assert "warning: steps differs (A: 6, B: 120)" in capsys.readouterr().out
 
 
 def test_module_entry_point_help():
