@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -96,10 +97,11 @@ _search_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 def _build_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Exact decision thresholds and the bucket table of ext/include/bnb8/quantize.h, built on the CPU."""
     c = code.detach().reshape(-1).cpu().double()
-    mid = (c[:-1] + c[1:]) / 2  # exact: float32 + float32 fits a double
+    mid = (c[:-1] + c[1:]) / 2  # exact unless neighbouring codes lie ~29 binades apart (fixed below)
     thr = mid.float()
     below = torch.nextafter(thr, torch.full_like(thr, -math.inf))
     thr = torch.where(thr.double() > mid, below, thr)  # round down, so `y > thr` decides exactly
+    thr = _exact_round_down(thr, c)
     thr = torch.cat([thr, torch.tensor([math.inf])])
     if c[0] < -1 or c[-1] > 1:
         return thr, None  # normalized values are clamped to [-1, 1]: buckets need the code inside it
@@ -118,6 +120,24 @@ def _build_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     if int(inside.max()) > 1:
         return thr, None
     return thr, lo.to(torch.int32)
+
+
+def _exact_round_down(thr: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Each threshold as the largest float32 <= the exact midpoint of its two codes. The double sum
+    above is exact for the dynamic maps; for codes of very different magnitude (a denormal next to a
+    normal code) it rounds, so every threshold is checked in exact rational arithmetic (255 of them,
+    once per table: the tables are cached)."""
+    out = thr.clone()
+    up, down = torch.tensor([math.inf]), torch.tensor([-math.inf])
+    for i in range(out.numel()):
+        exact = (Fraction(codes[i].item()) + Fraction(codes[i + 1].item())) / 2
+        t = out[i : i + 1]
+        while Fraction(t.item()) > exact:
+            t = torch.nextafter(t, down)
+        while Fraction(torch.nextafter(t, up).item()) <= exact:
+            t = torch.nextafter(t, up)
+        out[i] = t[0]
+    return out
 
 
 def code_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -185,16 +205,29 @@ def quantize_blockwise(
     _check_code(code, A.device)
     A = A.contiguous()
     nblocks = (A.numel() + blocksize - 1) // blocksize
+    given_out, given_absmax = out, absmax
     absmax = _native.output_buffer(absmax, "absmax", (nblocks,), torch.float32, A.device)
     out = _native.output_buffer(out, "out", A.shape, torch.uint8, A.device)
     thresholds, bucket_lo = code_search_tables(code)
-    _ops.quantize_blockwise_(A, thresholds, bucket_lo, blocksize, out.view(-1), absmax)
-    if A.numel() and not torch.isfinite(absmax).all():
+    # Into the caller's buffers only once the result is known to be good (NaN/Inf in A is an error).
+    codes_out = out if given_out is None else torch.empty_like(out)
+    absmax_out = absmax if given_absmax is None else torch.empty_like(absmax)
+    _ops.quantize_blockwise_(A, thresholds, bucket_lo, blocksize, codes_out.view(-1), absmax_out)
+    if A.numel() and not torch.isfinite(absmax_out).all():
         raise ValueError("A: holds NaN or Inf; block-wise quantization needs finite values")
+    inner = None
+    if nested:
+        offset = absmax_out.mean()  # as bitsandbytes; in float64 where the float32 sum overflows (~3e38)
+        if not torch.isfinite(offset):
+            offset = absmax_out.double().mean().float()
+        inner = quantize_blockwise(absmax_out - offset, blocksize=256)
+    if given_out is not None:
+        out.copy_(codes_out)
+    if given_absmax is not None:
+        absmax.copy_(absmax_out)
     state = QuantState(absmax=absmax, shape=A.shape, code=code, blocksize=blocksize, dtype=A.dtype)
     if nested:
-        offset = absmax.mean()
-        inner_codes, inner_state = quantize_blockwise(absmax - offset, blocksize=256)
+        inner_codes, inner_state = inner
         state = QuantState(
             absmax=inner_codes,
             shape=A.shape,

@@ -162,6 +162,12 @@ def prefetch(
         stream (torch.cuda.Stream, optional): orders the migration (default: the current stream of
             the target device, or of the tensor's device when prefetching to the host).
     """
+    tensors = list(tensors)
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensors: expected torch.Tensor items, got {type(t).__name__}")
+    if not any(is_paged(t) for t in tensors):
+        return  # nothing to move (a CPU tensor, or none): no GPU needed
     _require_cuda()
     to_host = (
         device is not None and torch.device(device).type == "cpu" if not isinstance(device, int) else False

@@ -50,6 +50,22 @@ MAPS = {
 }
 
 
+def test_thresholds_exact_for_codes_of_very_different_magnitude():
+    """A denormal code next to a normal one: their midpoint is not a double sum of two float32, and
+    a threshold rounded from it put -2**-9 on the wrong side (found by audit)."""
+    from fractions import Fraction
+
+    code = torch.linspace(-1, 1, 256)
+    code[127], code[126] = -1e-40, -(2**-9)
+    code = torch.sort(code).values
+    thresholds, _ = F.code_search_tables(code)
+    for i in range(255):
+        exact = (Fraction(code[i].item()) + Fraction(code[i + 1].item())) / 2
+        t = thresholds[i : i + 1]
+        # the largest float32 at or below the exact midpoint: `thr < y` then decides exactly
+        assert Fraction(t.item()) <= exact < Fraction(torch.nextafter(t, torch.tensor([1.0])).item()), i
+
+
 def test_clustered_map_takes_the_bisection_path():
     _, bucket_lo = F.code_search_tables(clustered_map())
     assert bucket_lo is None
