@@ -13,6 +13,7 @@ block's absmax.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -156,24 +157,39 @@ def code_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor |
     return tables
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity, as bitsandbytes' (tensor fields have no plain ==)
 class QuantState:
-    """What dequantization needs besides the codes (the fields of bitsandbytes' QuantState).
+    """What dequantization needs besides the codes: bitsandbytes' QuantState fields, in its order
+    and with its defaults, so code written for it runs unchanged.
 
     ``nested=True`` stores absmax itself 8-bit quantized (``state2``) around its mean (``offset``).
+    ``quant_type`` names bitsandbytes' 4-bit formats; bnb8 is 8-bit block-wise only, so it must be None.
+    Missing fields take the defaults of :func:`dequantize_blockwise`: the signed dynamic map, float32
+    output, the codes' shape.
     """
 
     absmax: torch.Tensor
-    shape: torch.Size
-    code: torch.Tensor
-    blocksize: int
-    dtype: torch.dtype
+    shape: torch.Size | None = None
+    code: torch.Tensor | None = None
+    blocksize: int | None = None
+    quant_type: str | None = None
+    dtype: torch.dtype | None = None
     offset: torch.Tensor | None = None
     state2: QuantState | None = None
 
     @property
     def nested(self) -> bool:
         return self.state2 is not None
+
+    def to(self, device: torch.device | str) -> None:
+        """Move the state's tensors to ``device`` (in place, as bitsandbytes' ``QuantState.to``)."""
+        self.absmax = self.absmax.to(device)
+        if self.code is not None:
+            self.code = self.code.to(device)
+        if self.offset is not None:
+            self.offset = self.offset.to(device)
+        if self.state2 is not None:
+            self.state2.to(device)
 
 
 def quantize_blockwise(
@@ -269,7 +285,22 @@ def dequantize_blockwise(
             blocksize=blocksize,
             dtype=out.dtype if out is not None else torch.float32,
         )
+    if not isinstance(quant_state, QuantState):
+        raise TypeError(
+            f"quant_state: expected a QuantState (from quantize_blockwise), got {type(quant_state).__name__}"
+        )
     qs = quant_state
+    if qs.quant_type is not None:
+        raise ValueError(
+            f"quant_state: quant_type={qs.quant_type!r} is a 4-bit format; bnb8 dequantizes 8-bit block-wise codes "
+            "(quant_type=None)"
+        )
+    if qs.code is None or qs.dtype is None:  # bitsandbytes-style states may leave them out
+        qs = dataclasses.replace(
+            qs,
+            code=qs.code if qs.code is not None else dynamic_map(True, A.device),
+            dtype=qs.dtype if qs.dtype is not None else (out.dtype if out is not None else torch.float32),
+        )
     scales = qs.absmax
     if qs.nested:
         scales = dequantize_blockwise(qs.absmax, qs.state2) + qs.offset

@@ -445,6 +445,24 @@ def test_quantize_non_contiguous_input():
     assert torch.equal(codes, want)
 
 
+def test_quant_state_as_bitsandbytes_builds_it():
+    """bitsandbytes' field order and defaults: a state without shape, code or dtype dequantizes with
+    the defaults; a 4-bit quant_type or a non-state is a clear error; .to() moves it; == is identity."""
+    x = torch.randn(1000)
+    codes, state = F.quantize_blockwise(x, blocksize=256)
+    positional = F.QuantState(state.absmax, state.shape, state.code, 256, None, torch.float32)
+    minimal = F.QuantState(absmax=state.absmax, blocksize=256)
+    for qs in (positional, minimal):
+        assert torch.equal(F.dequantize_blockwise(codes, qs), F.dequantize_blockwise(codes, state))
+    assert minimal == minimal and minimal != positional
+    with pytest.raises(ValueError, match="quant_type='nf4' is a 4-bit format"):
+        F.dequantize_blockwise(codes, F.QuantState(state.absmax, blocksize=256, quant_type="nf4"))
+    with pytest.raises(TypeError, match="quant_state: expected a QuantState"):
+        F.dequantize_blockwise(codes, {"absmax": state.absmax})
+    state.to("cpu")
+    assert state.absmax.device.type == "cpu"
+
+
 def test_nested_round_trip():
     x = torch.randn(100_000) * torch.linspace(0.1, 10, 100_000)
     codes, state = F.quantize_blockwise(x, blocksize=256, nested=True)
