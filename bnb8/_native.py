@@ -7,6 +7,7 @@ and what was given.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -184,9 +185,15 @@ def check_search_tables(
         check_buffer(device, f"{name} bucket_lo", bucket_lo, torch.int32, C.NUM_BUCKETS)
 
 
-def check_blocksize(blocksize: int) -> None:
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in BLOCKSIZES:
+def check_blocksize(blocksize: int) -> int:
+    """``blocksize`` as a Python int (numpy integers too), or ValueError."""
+    if (
+        isinstance(blocksize, bool)
+        or not isinstance(blocksize, numbers.Integral)
+        or blocksize not in BLOCKSIZES
+    ):
         raise ValueError(f"blocksize: expected one of {BLOCKSIZES}, got {blocksize!r}")
+    return int(blocksize)
 
 
 def check_quantize(A: torch.Tensor, thresholds: torch.Tensor, bucket_lo: torch.Tensor | None, blocksize: int,

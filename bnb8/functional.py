@@ -215,7 +215,9 @@ def quantize_blockwise(
         (codes, QuantState): codes shaped like ``A`` and what :func:`dequantize_blockwise` needs.
     """
     _native.check_float_tensor(A, "A")
-    _native.check_blocksize(blocksize)
+    blocksize = _native.check_blocksize(blocksize)
+    if not isinstance(nested, bool):
+        raise TypeError(f"nested: expected True or False, got {nested!r}")
     if code is None:
         code = dynamic_map(True, A.device)
     _check_code(code, A.device)
@@ -304,12 +306,12 @@ def dequantize_blockwise(
     scales = qs.absmax
     if qs.nested:
         scales = dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
-    _native.check_blocksize(qs.blocksize)
+    blocksize = _native.check_blocksize(qs.blocksize)
     _check_code(qs.code, A.device)
-    nblocks = (A.numel() + qs.blocksize - 1) // qs.blocksize
+    nblocks = (A.numel() + blocksize - 1) // blocksize
     if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.numel() != nblocks:
         raise ValueError(
-            f"absmax: expected {nblocks} float32 values (one per block of {qs.blocksize}), got "
+            f"absmax: expected {nblocks} float32 values (one per block of {blocksize}), got "
             f"{getattr(scales, 'numel', lambda: '?')()} of {getattr(scales, 'dtype', type(scales).__name__)}"
         )
     _native.check_same_device(A, absmax=scales, code=qs.code)
@@ -318,7 +320,7 @@ def dequantize_blockwise(
         A.contiguous().view(-1),
         scales.contiguous(),
         qs.code.contiguous().view(-1),
-        qs.blocksize,
+        blocksize,
         out.view(-1),
     )
     return out

@@ -234,3 +234,15 @@ def test_non_contiguous_code_table_is_read_correctly(quantized):
 def test_create_dynamic_map_rejects_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         F.create_dynamic_map(**kwargs)
+
+
+def test_numpy_blocksize_and_non_bool_nested():
+    import numpy as np
+
+    x = torch.randn(300)
+    codes, state = F.quantize_blockwise(x, blocksize=np.int64(64))
+    assert state.blocksize == 64 and type(state.blocksize) is int
+    plain_codes, plain_state = F.quantize_blockwise(x, blocksize=64)
+    assert torch.equal(codes, plain_codes) and torch.equal(state.absmax, plain_state.absmax)
+    with pytest.raises(TypeError, match="nested: expected True or False, got 'no'"):
+        F.quantize_blockwise(x, nested="no")
