@@ -223,29 +223,20 @@ def quantize_blockwise(
     _check_code(code, A.device)
     A = A.contiguous()
     nblocks = (A.numel() + blocksize - 1) // blocksize
-    given_out, given_absmax = out, absmax
     absmax = _native.output_buffer(absmax, "absmax", (nblocks,), torch.float32, A.device)
     out = _native.output_buffer(out, "out", A.shape, torch.uint8, A.device)
     thresholds, bucket_lo = code_search_tables(code)
-    # Into the caller's buffers only once the result is known to be good (NaN/Inf in A is an error).
-    codes_out = out if given_out is None else torch.empty_like(out)
-    absmax_out = absmax if given_absmax is None else torch.empty_like(absmax)
-    _ops.quantize_blockwise_(A, thresholds, bucket_lo, blocksize, codes_out.view(-1), absmax_out)
-    if A.numel() and not torch.isfinite(absmax_out).all():
+    # NaN/Inf in A is found by the kernel itself (a NaN absmax), not by an extra pass over A: the
+    # error comes after it ran, so out/absmax passed in then hold that call's codes (README).
+    _ops.quantize_blockwise_(A, thresholds, bucket_lo, blocksize, out.view(-1), absmax)
+    if A.numel() and not torch.isfinite(absmax).all():
         raise ValueError("A: holds NaN or Inf; block-wise quantization needs finite values")
-    inner = None
-    if nested:
-        offset = absmax_out.mean()  # as bitsandbytes; in float64 where the float32 sum overflows (~3e38)
-        if not torch.isfinite(offset):
-            offset = absmax_out.double().mean().float()
-        inner = quantize_blockwise(absmax_out - offset, blocksize=256)
-    if given_out is not None:
-        out.copy_(codes_out)
-    if given_absmax is not None:
-        absmax.copy_(absmax_out)
     state = QuantState(absmax=absmax, shape=A.shape, code=code, blocksize=blocksize, dtype=A.dtype)
     if nested:
-        inner_codes, inner_state = inner
+        offset = absmax.mean()  # as bitsandbytes; in float64 where the float32 sum overflows (~3e38)
+        if not torch.isfinite(offset):
+            offset = absmax.double().mean().float()
+        inner_codes, inner_state = quantize_blockwise(absmax - offset, blocksize=256)
         state = QuantState(
             absmax=inner_codes,
             shape=A.shape,

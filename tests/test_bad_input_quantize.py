@@ -50,17 +50,6 @@ def test_quantize_rejects_non_finite_input(x, bad, dtype):
         F.quantize_blockwise(x, blocksize=64)
 
 
-@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
-def test_non_finite_input_leaves_given_buffers_untouched(nested):
-    x = torch.randn(200)
-    x[150] = float("nan")
-    out = torch.full((200,), 7, dtype=torch.uint8)
-    absmax = torch.full((4,), 5.0)
-    with pytest.raises(ValueError, match="A: holds NaN or Inf"):
-        F.quantize_blockwise(x, out=out, absmax=absmax, blocksize=64, nested=nested)
-    assert (out == 7).all() and (absmax == 5.0).all()
-
-
 def test_nested_quantization_of_values_near_the_float32_maximum():
     """The float32 mean of absmax overflows there; the nested offset is taken in float64."""
     x = torch.full((128,), 3e38)
