@@ -41,10 +41,21 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     codes. ``signed=True`` mirrors the codes for negative values (first moments); ``signed=False``
     spends every code on [0, 1] (second moments). The values equal bitsandbytes' for the same arguments.
     """
+    if not isinstance(signed, bool):
+        raise TypeError(f"signed: expected True or False, got {signed!r}")
+    for name, value in (("total_bits", total_bits), ("max_exponent_bits", max_exponent_bits)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}: expected an int, got {value!r}")
     if total_bits < 2 or total_bits > 8:
         raise ValueError(f"total_bits: expected an integer in 2..8, got {total_bits!r}")
     if max_exponent_bits < 1 or max_exponent_bits >= total_bits:
         raise ValueError(f"max_exponent_bits: expected 1..total_bits-1, got {max_exponent_bits!r}")
+    if not signed and max_exponent_bits != total_bits - 1:
+        # Fewer exponent bits leave most of an unsigned table empty (repeated zeros); bitsandbytes
+        # rejects these settings too.
+        raise ValueError(
+            f"max_exponent_bits: an unsigned map needs total_bits - 1 = {total_bits - 1}, got {max_exponent_bits}"
+        )
     values: list[float] = []
     fraction_bits = total_bits - 1 - max_exponent_bits  # bits left for the linear part of the first decade
 
@@ -78,8 +89,9 @@ def dynamic_map(signed: bool, device: torch.device | str = "cpu") -> torch.Tenso
     return _dynamic_map_cpu(signed).to(device, copy=True)
 
 
-def _check_code(code: torch.Tensor, device: torch.device, name: str = "code") -> None:
-    """A code table is 256 sorted, finite float32 values on ``device`` (the input's)."""
+def _check_code(code: torch.Tensor, device: torch.device, name: str = "code", sorted_: bool = True) -> None:
+    """A code table is 256 finite float32 values on ``device`` (the input's), sorted for quantization
+    (its search needs order; a dequantization lookup does not, as in bitsandbytes)."""
     if not isinstance(code, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of 256 float32 values, got {type(code).__name__}")
     if code.dtype != torch.float32 or code.numel() != 256:
@@ -88,7 +100,7 @@ def _check_code(code: torch.Tensor, device: torch.device, name: str = "code") ->
     cpu = code.detach().reshape(-1).cpu()
     if not torch.isfinite(cpu).all():
         raise ValueError(f"{name}: the code table holds NaN or Inf")
-    if (cpu[1:] < cpu[:-1]).any():
+    if sorted_ and (cpu[1:] < cpu[:-1]).any():
         raise ValueError(f"{name}: the 256 code values must be sorted in ascending order")
 
 
@@ -298,7 +310,7 @@ def dequantize_blockwise(
     if qs.nested:
         scales = dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
     blocksize = _native.check_blocksize(qs.blocksize)
-    _check_code(qs.code, A.device)
+    _check_code(qs.code, A.device, sorted_=False)
     nblocks = (A.numel() + blocksize - 1) // blocksize
     if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.numel() != nblocks:
         raise ValueError(

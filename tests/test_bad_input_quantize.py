@@ -139,11 +139,28 @@ def test_quantize_rejects_bad_code_table(x, code, exc, match):
         F.quantize_blockwise(x, code=code, blocksize=256)
 
 
-@pytest.mark.parametrize("code,exc,match", _bad_codes())
+@pytest.mark.parametrize("code,exc,match", [p for p in _bad_codes() if p.id != "unsorted"])
 def test_dequantize_rejects_bad_code_table(quantized, code, exc, match):
     codes, state = quantized
     with pytest.raises(exc, match=match):
         F.dequantize_blockwise(codes, absmax=state.absmax, code=code, blocksize=256)
+
+
+def test_dequantize_takes_an_unsorted_code_table(quantized):
+    """A lookup needs no order (bitsandbytes dequantizes with any table); quantization does."""
+    codes, state = quantized
+    table = torch.randn(256)
+    out = F.dequantize_blockwise(codes, absmax=state.absmax, code=table, blocksize=256)
+    scale = state.absmax.repeat_interleave(256)[: codes.numel()]
+    torch.testing.assert_close(out, table[codes.long()].reshape(-1) * scale)
+
+
+@pytest.mark.parametrize("max_exponent_bits, total_bits", [(1, 8), (3, 5)])
+def test_unsigned_dynamic_map_settings_bitsandbytes_rejects(max_exponent_bits, total_bits):
+    with pytest.raises(ValueError, match="an unsigned map needs total_bits - 1"):
+        F.create_dynamic_map(False, max_exponent_bits, total_bits)
+    with pytest.raises(TypeError, match="signed: expected True or False"):
+        F.create_dynamic_map("no")
 
 
 # -------------------------------------------------------------------------------------------- dequantize
