@@ -125,6 +125,11 @@ def address(t: torch.Tensor | None) -> int:
     return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
 
+def state_addresses(tensors: Sequence[torch.Tensor | None]) -> list[int]:
+    """One address per state (qmaps, thresholds, bucket tables), padded with 0 to C.MAX_STATES."""
+    return [address(t) for t in tensors] + [0] * (C.MAX_STATES - len(tensors))
+
+
 def slot_table(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],

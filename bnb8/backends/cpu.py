@@ -7,14 +7,9 @@ Native code trusts the addresses it is given: every call first runs the checks o
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from bnb8 import _native, _ops
 from bnb8._native import C, address
-
-
-def _codes_addresses(tensors: list[Tensor]) -> list[int]:
-    return [address(t) for t in tensors] + [0] * (C.MAX_STATES - len(tensors))
 
 
 @_ops.quantize_blockwise_.register_kernel("cpu")
@@ -55,9 +50,9 @@ def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, b
         quantized,
         _native.slot_table(params, grads, states, absmaxes),
         _native.hyper_struct(hyper),
-        _codes_addresses(qmaps),
-        _codes_addresses(thresholds),
-        _codes_addresses(bucket_lo),
+        _native.state_addresses(qmaps),
+        _native.state_addresses(thresholds),
+        _native.state_addresses(bucket_lo),
         address(scales),
         address(nonfinite),
         address(norms),

@@ -11,8 +11,6 @@ Native code trusts the addresses it is given: every call first runs the checks o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
@@ -28,10 +26,6 @@ def _device_of(t: Tensor, name: str) -> torch.device:
     if t.device.type != "cuda":
         raise ValueError(f"{name}: expected a CUDA tensor, got one on {t.device}")
     return t.device
-
-
-def _addresses(tensors: Sequence[Tensor]) -> list[int]:
-    return [address(t) for t in tensors] + [0] * (C.MAX_STATES - len(tensors))
 
 
 @_ops.quantize_blockwise_.register_kernel("cuda")
@@ -80,9 +74,9 @@ def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, b
         quantized,
         _native.slot_table(params, grads, states, absmaxes),
         _native.hyper_struct(hyper),
-        _addresses(qmaps),
-        _addresses(thresholds),
-        _addresses(bucket_lo),
+        _native.state_addresses(qmaps),
+        _native.state_addresses(thresholds),
+        _native.state_addresses(bucket_lo),
         address(scales),
         address(nonfinite),
         address(norms),

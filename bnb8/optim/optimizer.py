@@ -207,8 +207,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             )
         self.is_paged = bool(is_paged)
         defaults = {**defaults, **common}
-        _check_common(defaults)
-        self._check_group(defaults)
+        self._check_settings(defaults)
         self._init_caches()
         super().__init__(params, defaults)
 
@@ -218,6 +217,11 @@ class Optimizer8bit(torch.optim.Optimizer):
         self._search: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self._nonfinite: dict[torch.device, torch.Tensor] = {}
         self.mng = GlobalOptimManager.get_instance()
+
+    def _check_settings(self, cfg: dict[str, Any]) -> None:
+        """Raise for an invalid setting, common or of this family."""
+        _check_common(cfg)
+        self._check_group(cfg)
 
     # -- what a family provides ---------------------------------------------------------------------
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -277,9 +281,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                     f"params: bnb8 optimizers update float32, float16 or bfloat16 parameters, got one of {p.dtype}"
                 )
             _native.dtype_code(p, "params")
-        # Validate the group as it will be (defaults filled in) before torch appends it.
-        _check_common({**self.defaults, **param_group})
-        self._check_group({**self.defaults, **param_group})
+        self._check_settings({**self.defaults, **param_group})  # as torch will fill it in, before it does
         super().add_param_group(param_group)
 
     # -- configuration -----------------------------------------------------------------------------
@@ -296,8 +298,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         cfg = {**group, **overrides}
         if cfg.pop("is_sparse", False):
             cfg["skip_zeros"] = True
-        _check_common(cfg)
-        self._check_group(cfg)
+        self._check_settings(cfg)
         return cfg
 
     @staticmethod
@@ -382,9 +383,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         state = self.state.get(p)
         if not state or QUANT_STATE_KEY not in state:
             return
-        flat = {k: v for k, v in state.items() if k != QUANT_STATE_KEY}
-        flat.update(state[QUANT_STATE_KEY])
-        self.state[p] = self._checked_state(f"{gi}:{pi}", p, self._convert_saved_state(flat, p), {}, cfg)
+        flat = self._flat_saved_state(state, p)
+        self.state[p] = self._checked_state(f"{gi}:{pi}", p, flat, {}, cfg)
 
     def _state_plan(self, cfg: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
         """For one configuration: the states the update uses (in the rule's order), every key a
@@ -443,8 +443,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         plan_of: dict[int, tuple] = {}
         work = []
         for gi, group in enumerate(self.param_groups):  # all checks first: a failed step changes nothing
-            _check_common(group)  # again: param_groups may have been edited since (schedulers, users)
-            self._check_group(group)
+            self._check_settings(group)  # again: param_groups may have been edited (schedulers, users)
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
@@ -662,8 +661,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             merged = {**g, **kept, "params": g["params"]}
             for key, default in COMMON_DEFAULTS.items():
                 merged.setdefault(key, default)
-            _check_common(merged)
-            self._check_group(merged)
+            self._check_settings(merged)
             new_groups.append(merged)
         new_state: dict[torch.Tensor, dict[str, Any]] = {}
         shared: dict[int, torch.Tensor] = {}  # keeps one qmap object per saved qmap (shared buckets)
@@ -671,13 +669,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             if index not in id_map:
                 raise ValueError(f"state_dict: state for parameter index {index!r}, which no group lists")
             p, gi, pi = id_map[index]
-            flat = {k: v for k, v in saved.items() if k != QUANT_STATE_KEY}
-            flat.update(saved.get(QUANT_STATE_KEY, {}))
-            if self.torch_state_keys.keys() & flat.keys():  # a torch.optim state (SGD's keeps no step)
-                flat.setdefault("step", 1)
-            flat = {self.torch_state_keys.get(k, k): v for k, v in flat.items()}
             cfg = self._config(gi, pi, new_groups[gi], p)
-            new_state[p] = self._checked_state(index, p, self._convert_saved_state(flat, p), shared, cfg)
+            new_state[p] = self._checked_state(index, p, self._flat_saved_state(saved, p), shared, cfg)
         # Nothing failed: commit.
         self.state = defaultdict(dict, new_state)
         self.param_groups = new_groups
@@ -694,6 +687,16 @@ class Optimizer8bit(torch.optim.Optimizer):
         self.is_paged = bool(state.pop("is_paged", False))
         super().__setstate__(state)
         self._init_caches()
+
+    def _flat_saved_state(self, saved: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
+        """A saved parameter state in bnb8's flat layout: the nested quantization tensors un-nested,
+        torch.optim's state names mapped to bnb8's, the family's own conversion applied. Not checked."""
+        flat = {k: v for k, v in saved.items() if k != QUANT_STATE_KEY}
+        flat.update(saved.get(QUANT_STATE_KEY, {}))
+        if self.torch_state_keys.keys() & flat.keys():  # a torch.optim state (SGD's keeps no step)
+            flat.setdefault("step", 1)
+        flat = {self.torch_state_keys.get(k, k): v for k, v in flat.items()}
+        return self._convert_saved_state(flat, p)
 
     def _checked_state(
         self,
