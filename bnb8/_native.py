@@ -77,6 +77,12 @@ def check_float_tensor(t: object, name: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     dtype_code(t, name)
+    check_has_data(t, name)
+
+
+def check_has_data(t: torch.Tensor, name: str) -> None:
+    if t.is_meta:
+        raise ValueError(f"{name}: is on the meta device (a shape without data); pass a tensor on the CPU or a GPU")
 
 
 def check_same_device(ref: torch.Tensor, **others: torch.Tensor | None) -> None:

@@ -278,6 +278,7 @@ def dequantize_blockwise(
     if not isinstance(A, torch.Tensor) or A.dtype != torch.uint8:
         got = A.dtype if isinstance(A, torch.Tensor) else type(A).__name__
         raise TypeError(f"A: expected a uint8 tensor of codes, got {got}")
+    _native.check_has_data(A, "A")
     if quant_state is None:
         if absmax is None:
             raise ValueError("dequantize_blockwise: pass quant_state, or absmax (with code and blocksize)")

@@ -100,6 +100,14 @@ def test_quantize_rejects_buffers_on_another_device(x):
         F.quantize_blockwise(x, code=torch.empty(256, device="meta"), blocksize=256)
 
 
+def test_meta_tensors_are_rejected_before_any_work():
+    with pytest.raises(ValueError, match="A: is on the meta device"):
+        F.quantize_blockwise(torch.empty(1000, device="meta"), blocksize=256)
+    codes = torch.empty(1000, dtype=torch.uint8, device="meta")
+    with pytest.raises(ValueError, match="A: is on the meta device"):
+        F.dequantize_blockwise(codes, absmax=torch.ones(4, device="meta"), blocksize=256)
+
+
 def _bad_codes():
     good = F.create_dynamic_map(True)
     unsorted = good.clone()

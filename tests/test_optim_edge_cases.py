@@ -528,3 +528,12 @@ def test_torch_state_dicts_of_other_families_load_and_continue_like_torch(ours, 
         ref.step()
         opt.step()
     torch.testing.assert_close(p.detach(), p_ref.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_meta_parameter_is_a_clear_error_at_step():
+    p = torch.nn.Parameter(torch.empty(5000, device="meta"))
+    p.grad = torch.empty(5000, device="meta")
+    opt = bnb8.optim.Adam8bit([p])  # constructing on meta is fine, as in torch (deferred init)
+    with pytest.raises(RuntimeError, match=r"meta device .* model\.to_empty"):
+        opt.step()
+    assert not opt.state

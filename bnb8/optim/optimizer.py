@@ -350,6 +350,11 @@ class Optimizer8bit(torch.optim.Optimizer):
             state["unorm_vec"] = torch.zeros(1, device=p.device)
 
     def _check_param(self, p: torch.Tensor) -> None:
+        if p.is_meta:
+            raise RuntimeError(
+                "a parameter is on the meta device (a shape without data): materialize the model first, "
+                "e.g. model.to_empty(device='cpu') and initialise its weights, then step"
+            )
         g = p.grad
         if g.is_sparse or g.layout != torch.strided:
             raise RuntimeError(
