@@ -15,12 +15,18 @@ GATE_ARGS   ?=
 BENCH_BASELINE_RUNS ?= 5
 BENCH_PYTEST = $(PY) -m pytest -m benchmark tests/benchmarks --benchmark-only -p no:randomly -p no:cacheprovider -q $(BENCH_ARGS)
 
-.PHONY: venv install ext test test-slow test-all lint format bench bench-baseline wheel run gpu-check gpu-bench clean
+.PHONY: help venv install ext test test-slow lint format bench bench-baseline wheel run gpu-check gpu-bench clean
+.DEFAULT_GOAL := help
+
+# List the targets with the first line of the comment above each (this list).
+help:
+	@awk '/^# /{if(!c)c=substr($$0,3);next} /^[a-z-]+:/{if(c){split($$0,t,":");printf "  make %-15s %s\n",t[1],c}} {c=""}' $(MAKEFILE_LIST)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# A virtual environment in .venv with torch (the CPU build by default: TORCH_SPEC, TORCH_INDEX).
 venv: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
 
@@ -34,22 +40,26 @@ install: venv
 ext:
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
+# The test suite (the README's test command; slow and benchmark tests excluded). PYTEST_ARGS adds options.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The slow tests: accuracy and training runs.
 test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# ruff: lint and format check.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# ruff: format and fix in place.
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Benchmarks (tests/benchmarks/), then the gate: fails when a kernel/reference ratio regressed beyond the
-# margin against the committed tests/benchmarks/baseline.json. Never rewrites the baseline.
+# Benchmarks (tests/benchmarks/) and the regression gate against tests/benchmarks/baseline.json.
+# The gate fails when a kernel/reference ratio regressed beyond the margin against the committed tests/benchmarks/baseline.json. Never rewrites the baseline.
 bench: install
 	@mkdir -p .benchmarks
 	$(BENCH_PYTEST) --benchmark-json=$(BENCH_JSON)
@@ -62,6 +72,7 @@ bench-baseline: install
 		$(BENCH_PYTEST) --benchmark-json=.benchmarks/baseline-$(BENCH_STAMP)-$$i.json || exit 1; done
 	$(PY) -m tests.benchmarks.gate --write-baseline .benchmarks/baseline-$(BENCH_STAMP)-*.json $(GATE_ARGS)
 
+# The smoke profiler suite into reports/smoke/<run-id>/ (< 3 min on 2 CPU cores).
 run: install
 	$(PY) -m profiler run smoke
 
@@ -69,10 +80,11 @@ run: install
 wheel: venv
 	$(PY) -m pip wheel -q --no-deps -w dist .
 
-# Needs a CUDA GPU and a CUDA build of torch in $(VENV). Builds the kernels for this GPU only
-# (warnings are errors), runs tests/cuda (every CUDA op against the CPU kernel, paged memory,
-# torch.compile), then the step benchmark into reports/gpu/. About 5 minutes on one H200.
 GPU_ARCH ?= native
+# GPU build (warnings are errors), GPU tests, and the step benchmark table into reports/gpu/.
+# Needs a CUDA GPU and a CUDA build of torch in $(VENV). Builds the kernels for this GPU only,
+# runs tests/cuda (every CUDA op against the CPU kernel, paged memory, torch.compile), then the
+# step benchmark. About 5 minutes on one H200.
 gpu-check:
 	$(PY) tests/cuda/preflight.py $${CUDACXX:-$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 	CUDACXX=$${CUDACXX:-$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)} BNB8_CUDA=ON $(PY) -m pip install -q \
@@ -85,5 +97,6 @@ gpu-check:
 gpu-bench:
 	$(PY) tests/cuda/gpu_bench.py --out reports/gpu
 
+# Remove build outputs, wheels and benchmark results (keeps .venv).
 clean:
 	rm -rf build dist .pytest_cache .benchmarks

@@ -82,7 +82,9 @@ def check_float_tensor(t: object, name: str) -> None:
 
 def check_has_data(t: torch.Tensor, name: str) -> None:
     if t.is_meta:
-        raise ValueError(f"{name}: is on the meta device (a shape without data); pass a tensor on the CPU or a GPU")
+        raise ValueError(
+            f"{name}: is on the meta device (a shape without data); pass a tensor on the CPU or a GPU"
+        )
 
 
 def check_same_device(ref: torch.Tensor, **others: torch.Tensor | None) -> None:

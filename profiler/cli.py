@@ -1,8 +1,9 @@
-"""``python -m profiler {run,list,report,compare}``: the command line."""
+"""``python -m profiler {run,list,report,compare,bench-report}``: the command line."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
 import shutil
@@ -28,14 +29,20 @@ class CliError(Exception):
     """A bad argument: printed as one line, exit status 2."""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def _at_least(minimum: int, why: str = ""):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}{why}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,13 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,compare}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{run,list,report,compare,bench-report}"
+    )
 
     run = commands.add_parser(
         "run",
         help="run a suite and write reports/<suite>/<run-id>/",
         description="Train every (model, optimizer configuration, seed) of a suite, each in a fresh worker "
-        "process, appending one row to results.csv as each finishes; then write summary.md and plots.",
+        "process, appending one row to results.csv as each finishes; then write summary.md and plots. "
+        "README.md ('Profiler') describes every column of results.csv. Exit status: 0 when every row "
+        "finished ok, 1 when a row failed (its status column says why), 2 for a bad argument.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--device", choices=["cpu", "cuda", "auto"], help="where to train (default: auto = cuda if available)"
     )
-    run.add_argument("--steps", type=_positive, help="training steps per run (default: the suite's `steps`)")
+    run.add_argument(
+        "--steps",
+        type=_at_least(2, " (one warm-up step and one timed step)"),
+        help="training steps per run, at least 2 (default: the suite's `steps`)",
+    )
     run.add_argument("--seeds", type=_positive, help="seeds per configuration (default: the suite's `seeds`)")
     run.add_argument(
         "--out", type=Path, help="reports root (default: reports/); the run goes to OUT/<suite>/<run-id>/"
@@ -86,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--filter",
         metavar="PATTERN",
-        help="only runs whose key MODEL/OPTIMIZER/seedN matches this regular expression",
+        help="only runs whose key MODEL/OPTIMIZER/seedN matches this regular expression, plus the "
+        "baseline rows they are compared with",
     )
     run.add_argument(
         "--nproc",
@@ -111,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild summary.md and plots of a run",
         description="Rebuild summary.md and the PNG plots from a run's results.csv and curves.csv.",
     )
-    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    rep.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a run directory (reports/<suite>/<run-id>)"
+    )
 
     cmp = commands.add_parser(
         "compare",
@@ -119,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The configurations (model, optimizer) present in both runs side by side, with B/A ratios "
         "of optimizer-state memory, peak memory, step time and final loss (means over seeds).",
     )
-    cmp.add_argument("run_a", type=Path, metavar="RUN_A")
-    cmp.add_argument("run_b", type=Path, metavar="RUN_B")
+    cmp.add_argument("run_a", type=Path, metavar="RUN_A", help="the run compared against (ratios are B/A)")
+    cmp.add_argument("run_b", type=Path, metavar="RUN_B", help="the run compared")
     cmp.add_argument("--out", type=Path, metavar="FILE", help="also write the table as markdown to FILE")
 
     bench = commands.add_parser(
@@ -142,8 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that an unknown option is reported by its subcommand, with that
+    subcommand's usage and the nearest option it has (argparse leaves both to the top level)."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = next(a for a in parser._subparsers._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[args.command]
+        known = [o for a in command._actions for o in a.option_strings]
+        hints = [difflib.get_close_matches(e.split("=")[0], known, n=1) for e in extras if e.startswith("-")]
+        hint = "; did you mean " + ", ".join(h[0] for h in hints if h) + "?" if any(hints) else ""
+        command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return {
             "run": cmd_run,
@@ -154,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command](args)
     except (CliError, suites.SuiteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output path that is a file, read-only, or under a missing folder
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; give a writable directory (--out)", file=sys.stderr)
         return 2
 
 
@@ -169,8 +206,6 @@ def _check_run_dir(run_dir: Path) -> Path:
 def _new_run(args) -> tuple[suites.Suite, Path, dict]:
     from profiler import runner
 
-    if args.steps == 1:
-        raise CliError("--steps: expected at least 2 (one warm-up step and one timed step), got 1")
     suite = suites.load(args.suite or "smoke", steps=args.steps, seeds=args.seeds)
     device = runner.resolve_device(args.device or "auto")
     _check_filter(suite, device, args.filter)  # before anything is written
@@ -229,18 +264,11 @@ def _resumed_run(args) -> tuple[suites.Suite, Path, dict]:
         raise CliError(
             f"--resume takes its settings from RUN_DIR/run.json; do not also give {', '.join(given)}"
         )
-    run_dir = args.resume
-    if not (run_dir / "run.json").is_file() or not (run_dir / "suite.toml").is_file():
-        raise CliError(f"--resume {run_dir}: not a run directory (expected run.json and suite.toml in it)")
-    settings = json.loads((run_dir / "run.json").read_text())
-    suite = suites.load(
-        str(run_dir / "suite.toml"),
-        steps=settings["steps"],
-        seeds=settings["seeds"],
-        warmup=settings.get("warmup"),
-    )
-    suite.name = settings["suite"]
-    return suite, run_dir, settings
+    try:
+        suite, settings = suites.load_recorded(args.resume)
+    except suites.SuiteError as e:
+        raise CliError(f"--resume: {e}") from None
+    return suite, args.resume, settings
 
 
 def cmd_run(args) -> int:
@@ -284,7 +312,17 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python -m profiler run --resume {run_dir}", file=sys.stderr)
         return 130
-    return _write_reports(run_dir)
+    _write_reports(run_dir)
+    results = report.read_results(run_dir)
+    failed = results[results["status"] != runner.STATUS_OK]
+    if not failed.empty:  # a script or CI step must not mistake a broken run for a measurement
+        print(
+            f"error: {len(failed)} of {len(results)} rows failed ({', '.join(failed['key'])}); their status "
+            f"column in {run_dir / 'results.csv'} says why",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _write_reports(run_dir: Path) -> int:
@@ -299,6 +337,9 @@ def _write_reports(run_dir: Path) -> int:
     print()
     print(report.terminal_summary(run_dir))
     print(f"\nreport: {summary}" + "".join(f"\nplot:   {p}" for p in made))
+    incomplete = report.incomplete_note(run_dir)
+    if incomplete:
+        print(f"warning: {incomplete}", file=sys.stderr)
     return 0
 
 

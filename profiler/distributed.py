@@ -38,7 +38,7 @@ import time
 import traceback
 import types
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -170,7 +170,7 @@ def _read_json(path: Path) -> dict | None:
 def _aggregate(spec, nproc, strategy, ranks, failure, returncode, tail) -> tuple[dict, list[float]]:
     row = runner._base_row(spec)
     row["device_name"] = runner.device_name(spec.device)
-    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    row["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     done = [r for r in ranks if r is not None]
     if failure is None:
         bad = [r["status"] for r in done if not str(r.get("status", "")).startswith(runner.STATUS_OK)]

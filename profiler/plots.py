@@ -32,7 +32,9 @@ def _grid(n: int, width: float = 5.0, height: float = 3.4, max_cols: int = 3):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+    # tight_layout ignores a suptitle: keep 0.4 inch free above the top row for it.
+    top = 1 - 0.4 / fig.get_figheight() if fig.get_suptitle() else 1
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

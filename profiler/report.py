@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,12 @@ def _write_frame(path: Path, frame: pd.DataFrame) -> None:
 _LABELS = {k: str for k in ("key", "model", "optimizer", "config", "baseline", "status", "class", "kwargs")}
 
 
+_WHOLE_NUMBER_COLUMNS = (
+    "depth", "batch_size", "min_8bit_size", "seed", "steps", "warmup", "threads", "params", "state_bytes",
+    "peak_memory_bytes", "rss_start_bytes", "rss_peak_bytes", "cuda_max_allocated_bytes", "nvml_peak_bytes",
+)  # fmt: skip
+
+
 def read_results(run_dir: Path) -> pd.DataFrame:
     path = Path(run_dir) / RESULTS
     if not path.exists():
@@ -110,6 +117,10 @@ def append_result(run_dir: Path, row: dict, losses: list[float]) -> None:
     results = results[results["key"] != row["key"]]
     new_row = pd.DataFrame([{c: row.get(c) for c in RESULT_COLUMNS}], columns=RESULT_COLUMNS)
     results = new_row if results.empty else pd.concat([results, new_row], ignore_index=True)
+    for column in _WHOLE_NUMBER_COLUMNS:  # 4096, not 4096.0, where a failed row left a gap
+        values = pd.to_numeric(results[column], errors="coerce")
+        if (values.dropna() % 1 == 0).all():
+            results[column] = values.astype("Int64")
     _write_frame(run_dir / RESULTS, results)
     _write_parquet(run_dir, results)
 
@@ -382,6 +393,30 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
+def incomplete_note(run_dir: Path) -> str | None:
+    """A one-line notice when rows of the run's suite (as recorded) have no result yet, else None.
+
+    None too when the recorded suite cannot be read back (e.g. an optimizer class no longer imports):
+    then nothing can be said about what is missing.
+    """
+    from profiler import suite as suites
+
+    try:
+        suite, settings = suites.load_recorded(run_dir)
+        expected = [r.key for r in suite.runs(settings["device"], settings.get("filter"))]
+    except (suites.SuiteError, KeyError, re.error):
+        return None
+    done = finished_keys(run_dir)
+    missing = [k for k in expected if k not in done]
+    if not missing:
+        return None
+    return (
+        f"incomplete run: {len(expected) - len(missing)} of {len(expected)} rows finished (missing: "
+        f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); continue it with "
+        f"`python -m profiler run --resume {run_dir}`"
+    )
+
+
 def write_summary(run_dir: Path, plots: list[Path]) -> Path:
     """``summary.md``: settings, memory / speed / accuracy tables, failures, plots."""
     run_dir = Path(run_dir)
@@ -389,6 +424,9 @@ def write_summary(run_dir: Path, plots: list[Path]) -> Path:
     settings = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
     lines = [f"# Profiler run `{settings.get('suite', '?')}` / `{run_dir.name}`", ""]
+    incomplete = incomplete_note(run_dir)
+    if incomplete:
+        lines += [f"**Warning: {incomplete}.**", ""]
     if settings.get("description"):
         lines += [settings["description"], ""]
     lines += [
@@ -487,6 +525,10 @@ def compare_runs(run_a: Path, run_b: Path) -> tuple[pd.DataFrame, list[str]]:
     notes = [f"only in A: {m}/{o}" for m, o in sorted(keys_a - keys_b)]
     notes += [f"only in B: {m}/{o}" for m, o in sorted(keys_b - keys_a)]
     notes += _setting_differences(run_a, run_b)
+    for name, run in (("A", run_a), ("B", run_b)):
+        incomplete = incomplete_note(run)
+        if incomplete:
+            notes.append(f"warning: {name} is an {incomplete}")
     return table, notes
 
 

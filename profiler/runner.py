@@ -22,7 +22,7 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
@@ -199,7 +199,7 @@ def train_and_measure(
             row["notes"] = traceback.format_exc(limit=-3).strip().replace("\n", " | ")[-1000:]
     row["wall_s"] = time.perf_counter() - started
     row["load_avg_1m"] = os.getloadavg()[0]  # other processes on the machine make step times noisy
-    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    row["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return row, losses
 
 
@@ -287,5 +287,5 @@ def run_isolated(
             failure = f"error: worker {how}" + (" (out of memory?)" if code == -9 else "")
         row = _base_row(spec)
         row.update(status=failure, device_name=device_name(spec.device))
-        row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        row["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return row, losses

@@ -37,10 +37,9 @@ import inspect
 import itertools
 import json
 import re
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import tomllib
 
 from profiler import zoo
 
@@ -102,7 +101,11 @@ class Suite:
     optimizers: list[OptimizerSpec]
 
     def runs(self, device: str, filter_pattern: str | None = None) -> list[RunSpec]:
-        """Every (model, seed, optimizer) row; baselines first within a (model, seed)."""
+        """Every (model, seed, optimizer) row; baselines first within a (model, seed).
+
+        With ``filter_pattern``, the rows whose key it matches, plus the baseline row each of them is
+        compared with (without it the report would have no ratios to show). No match: an empty list.
+        """
         baselines = {o.baseline for o in self.optimizers}
         ordered = sorted(self.optimizers, key=lambda o: o.label not in baselines)
         runs = [
@@ -113,7 +116,9 @@ class Suite:
         ]
         if filter_pattern:
             pattern = re.compile(filter_pattern)
-            runs = [r for r in runs if pattern.search(r.key)]
+            chosen = [r for r in runs if pattern.search(r.key)]
+            needed = {(r.model.label, r.seed, r.optimizer.baseline) for r in chosen}
+            runs = [r for r in runs if r in chosen or (r.model.label, r.seed, r.optimizer.label) in needed]
         return runs
 
 
@@ -148,6 +153,25 @@ def load(
     suite = checker.suite(data, path.stem if path.parent == SUITES_DIR else path.stem, steps, seeds, warmup)
     checker.raise_if_any()
     return suite
+
+
+def load_recorded(run_dir: Path) -> tuple[Suite, dict]:
+    """The suite and settings a run recorded (``RUN_DIR/suite.toml`` and ``RUN_DIR/run.json``), with the
+    steps, seeds and warm-up it ran with: what ``--resume`` continues and what a report checks rows against."""
+    run_dir = Path(run_dir)
+    settings_path = run_dir / "run.json"
+    if not settings_path.is_file() or not (run_dir / "suite.toml").is_file():
+        raise SuiteError(f"{run_dir}: not a run directory (expected run.json and suite.toml in it)")
+    try:
+        settings = json.loads(settings_path.read_text())
+        steps, seeds = settings["steps"], settings["seeds"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SuiteError(
+            f"{settings_path}: unreadable ({type(e).__name__}: {e}); was it edited by hand?"
+        ) from None
+    suite = load(str(run_dir / "suite.toml"), steps=steps, seeds=seeds, warmup=settings.get("warmup"))
+    suite.name = settings.get("suite", suite.name)
+    return suite, settings
 
 
 def import_class(dotted: str) -> type:
@@ -215,6 +239,17 @@ class _Checker:
         if self.errors:
             lines = "\n".join(f"  {e}" for e in self.errors)
             raise SuiteError(f"invalid suite file {self.path}:\n{lines}")
+
+    def try_construct(self, cls: type, kwargs: dict, where: str) -> None:
+        """Build the optimizer over one small tensor: a bad value (``lr = "fast"``, betas out of range)
+        is reported now, with the rest of the file's problems, not by every worker after the run starts."""
+        import torch
+
+        try:
+            cls([torch.nn.Parameter(torch.zeros(4))], **kwargs)
+        except Exception as e:  # whatever the class rejects; its own message says why
+            args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            self.error(where, f"{cls.__module__}.{cls.__name__}({args}) fails: {type(e).__name__}: {e}")
 
     def unknown_keys(self, table: dict, allowed: set[str], where: str) -> None:
         for key in table:
@@ -349,12 +384,15 @@ class _Checker:
                                 f"{dotted} does not accept {key!r}; it accepts: {', '.join(accepted)}",
                             )
             sweep_lists = {k: v for k, v in sweep.items() if isinstance(v, list) and v}
+            errors_before = len(self.errors)
             for point in itertools.product(*sweep_lists.values()):
                 swept = dict(zip(sweep_lists, point))
                 label = name + (
                     "[" + ",".join(f"{k}={_fmt(v)}" for k, v in swept.items()) + "]" if swept else ""
                 )
                 specs.append(OptimizerSpec(label, name, dotted, {**kwargs, **swept}, swept, baseline or name))
+                if len(self.errors) == errors_before:  # one message per config, not one per sweep point
+                    self.try_construct(cls, {**kwargs, **swept}, f"{where}{'sweep' if swept else 'kwargs'}")
         swept_names = {s.config for s in specs if s.sweep}
         for s in specs:
             if s.baseline in swept_names:

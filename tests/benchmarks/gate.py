@@ -32,7 +32,7 @@ import math
 import statistics
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -296,7 +296,7 @@ def make_baseline(results: list[tuple[Path, dict[str, dict], dict]], margin: flo
     return {
         "schema": SCHEMA,
         "margin": margin,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": context.get("commit"),
         "cpu": context.get("cpu"),
         "runs": len(results),

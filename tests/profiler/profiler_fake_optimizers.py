@@ -42,3 +42,10 @@ class EnvProbe(torch.optim.SGD):
 
     def step(self, closure=None):
         raise RuntimeError(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+
+
+class RejectsOnStep(torch.optim.SGD):
+    """Constructs fine, then rejects its first step as a bad setting found late would."""
+
+    def step(self, closure=None):
+        raise ValueError("Invalid learning rate at step time")

@@ -177,7 +177,56 @@ def test_filter_selects_runs(tmp_path, tiny_suite_text):
     for pattern in ("nothing-matches", "gpt/("):  # no match; not a regular expression
         assert main(["run", str(path), "--filter", pattern, "--out", str(tmp_path), "--device", "cpu"]) == 2
     assert not (tmp_path / "tiny").exists()  # rejected before a run directory was made
-    assert main(["run", str(path), "--steps", "1", "--out", str(tmp_path), "--device", "cpu"]) == 2
+    # A filter keeps the baseline each selected row is compared with (adamw for gpt/sgd).
+    assert [r.key for r in suite.load(str(path)).runs("cpu", "gpt/sgd")] == [
+        "gpt/adamw/seed0",
+        "gpt/sgd/seed0",
+    ]
+
+
+def test_bad_command_line_values_name_the_option(tmp_path, tiny_suite_text, capsys):
+    path = tmp_path / "tiny.toml"
+    path.write_text(tiny_suite_text)
+    for argv, message in (
+        (
+            ["--steps", "1"],
+            "argument --steps: expected a number >= 2 (one warm-up step and one timed step), got 1",
+        ),
+        (["--steps", "0"], "argument --steps: expected a number >= 2"),
+        (["--stpes", "5"], "unrecognized arguments: --stpes 5; did you mean --steps?"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(["run", str(path), "--out", str(tmp_path), *argv])
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert "usage: python -m profiler run" in err and message in err, err
+    (tmp_path / "a-file").write_text("")
+    assert main(["run", str(path), "--out", str(tmp_path / "a-file"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "a-file" in err and "give a writable directory (--out)" in err
+    assert "Traceback" not in err
+
+
+def test_optimizer_settings_are_checked_when_the_suite_loads(tmp_path, tiny_suite_text):
+    """A value the class rejects fails the load with every other problem, before a worker starts."""
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        tiny_suite_text.replace("kwargs = { lr = 0.05, momentum = 0.9 }", 'kwargs = { lr = "fast" }')
+    )
+    with pytest.raises(
+        suite.SuiteError, match=r"optimizers\[2\]\.kwargs: torch\.optim\.sgd\.SGD\(lr='fast'\) fails"
+    ):
+        suite.load(str(path))
+    path.write_text(
+        tiny_suite_text + '\n[[optimizers]]\nname = "s"\nclass = "bnb8.optim.Adam8bit"\n'
+        "sweep = { min_8bit_size = [0, -1, -2] }\n"
+    )
+    with pytest.raises(suite.SuiteError) as error:
+        suite.load(str(path))
+    assert str(error.value).count(" fails: ") == 1  # one message for the config, not one per point
+    assert "optimizers[3].sweep: bnb8.optim.adam.Adam8bit(min_8bit_size=-1) fails: ValueError" in str(
+        error.value
+    )
 
 
 def test_sweep_expands_into_labelled_configurations(tmp_path):
@@ -231,4 +280,4 @@ def test_module_entry_point_help():
     done = subprocess.run(
         [sys.executable, "-m", "profiler", "--help"], cwd=REPO, capture_output=True, text=True
     )
-    assert done.returncode == 0 and "{run,list,report,compare}" in done.stdout
+    assert done.returncode == 0 and "{run,list,report,compare,bench-report}" in done.stdout

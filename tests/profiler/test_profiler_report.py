@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -60,6 +62,21 @@ def test_report_command_rebuilds(tiny_run, tmp_path):
     assert (copy / "step_time.png").is_file()
 
 
+def test_a_partial_run_says_so_in_report_and_compare(tiny_run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    results = pd.read_csv(copy / "results.csv")
+    results[results["model"] == "mlp"].to_csv(copy / "results.csv", index=False)  # 3 of 6 rows
+    assert main(["report", str(copy)]) == 0
+    err = capsys.readouterr().err
+    notice = "incomplete run: 3 of 6 rows finished (missing: gpt/adamw/seed0, gpt/adamw-again/seed0, gpt/sgd/seed0)"
+    assert notice in err and f"--resume {copy}" in err
+    assert f"**Warning: {notice}" in (copy / "summary.md").read_text()
+    assert "Warning" not in (tiny_run / "summary.md").read_text()  # the whole run has no notice
+    assert main(["compare", str(tiny_run), str(copy)]) == 0
+    assert f"warning: B is an {notice}" in capsys.readouterr().out
+
+
 def test_report_rejects_a_directory_without_results(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
@@ -78,6 +95,9 @@ def test_min_8bit_size_sweep_plot(tmp_path):
     assert (run_dir / "memory_vs_min_8bit_size.png").read_bytes()[:8] == PNG_MAGIC
     results = pd.read_csv(run_dir / "results.csv")
     assert sorted(results["min_8bit_size"].dropna()) == [0, 4096, 1_000_000_000]
+    written = list(csv.DictReader(io.StringIO((run_dir / "results.csv").read_text())))
+    column = sorted(row["min_8bit_size"] for row in written)
+    assert column == ["", "0", "1000000000", "4096"]  # whole numbers, the baseline's gap empty
 
 
 def test_markdown_table():
@@ -104,15 +124,16 @@ def test_threads_setting_reaches_the_workers(tiny_run):
     assert json.loads((tiny_run / "env.json").read_text())["torch_threads"] == 1
 
 
-def test_failed_configuration_is_recorded_and_the_suite_goes_on(tmp_path):
+def test_failed_configuration_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
     path = tmp_path / "failing.toml"
     path.write_text(
         'description = "f"\nsteps = 3\nwarmup = 1\n[[models]]\nname = "mlp"\nwidth = 0.25\nbatch_size = 8\n'
         '[[optimizers]]\nname = "good"\nclass = "torch.optim.SGD"\nkwargs = { lr = 0.1 }\n'
-        '[[optimizers]]\nname = "bad"\nclass = "torch.optim.SGD"\nkwargs = { lr = -1.0 }\n'
+        '[[optimizers]]\nname = "bad"\nclass = "profiler_fake_optimizers.RejectsOnStep"\nkwargs = { lr = 0.1 }\n'
         '[[optimizers]]\nname = "after"\nclass = "torch.optim.Adam"\n'
     )
-    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 1  # a row failed
+    assert "error: 1 of 3 rows failed (mlp/bad/seed0)" in capsys.readouterr().err
     (run_dir,) = (tmp_path / "failing").iterdir()
     status = pd.read_csv(run_dir / "results.csv").set_index("optimizer")["status"]
     assert status["good"] == "ok" and status["after"] == "ok"
@@ -131,7 +152,7 @@ def test_a_model_without_curves_and_odd_labels_still_get_a_report(tmp_path):
         '[[models]]\nname = "cnn"\nimage_size = 1\nbatch_size = 8\n'
         '[[optimizers]]\nname = "nan"\nclass = "torch.optim.SGD"\nkwargs = { lr = 0.1 }\n'
     )
-    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 1  # cnn failed
     (run_dir,) = (tmp_path / "odd").iterdir()
     results = report.read_results(run_dir)
     assert list(results["optimizer"]) == ["nan", "nan"]
