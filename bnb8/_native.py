@@ -66,11 +66,16 @@ def rule_index(rule: str) -> int:
         raise ValueError(f"rule: unknown update rule {rule!r}; native rules: {sorted(RULES)}") from None
 
 
+class DTypeError(TypeError, ValueError):
+    """A tensor of a dtype bnb8 does not handle. Both a TypeError and a ValueError: bitsandbytes raises
+    ValueError here, and code written for either catches it."""
+
+
 def dtype_code(t: torch.Tensor, name: str) -> int:
     try:
         return FLOAT_DTYPES[t.dtype]
     except KeyError:
-        raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}") from None
+        raise DTypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}") from None
 
 
 def check_float_tensor(t: object, name: str) -> None:

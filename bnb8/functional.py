@@ -27,6 +27,7 @@ __all__ = [
     "QuantState",
     "code_search_tables",
     "create_dynamic_map",
+    "create_linear_map",
     "dequantize_blockwise",
     "quantize_blockwise",
 ]
@@ -77,6 +78,23 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     values += [0.0, 1.0]
     values += [0.0] * (256 - len(values))  # smaller maps are padded with zeros to a full 8-bit table
     return torch.tensor(sorted(values), dtype=torch.float32)
+
+
+def create_linear_map(signed: bool = True, total_bits: int = 8, add_zero: bool = True) -> torch.Tensor:
+    """Evenly spaced codes on [-1, 1] (``signed``) or [0, 1], as bitsandbytes' ``create_linear_map``.
+
+    A signed map with ``add_zero`` (or under 8 bits) has an odd number of codes, so 0 is one of them;
+    a map of fewer than 256 codes is padded to a full 8-bit table with zeros in its middle, as
+    bitsandbytes pads it (a table for :func:`dequantize_blockwise`; sorted, it also quantizes).
+    """
+    if not isinstance(signed, bool) or not isinstance(add_zero, bool):
+        raise TypeError(f"signed, add_zero: expected True or False, got {signed!r}, {add_zero!r}")
+    if isinstance(total_bits, bool) or not isinstance(total_bits, int) or not 1 <= total_bits <= 8:
+        raise ValueError(f"total_bits: expected an integer in 1..8, got {total_bits!r}")
+    count = 2**total_bits - (1 if signed and (add_zero or total_bits < 8) else 0)
+    values = torch.linspace(-1.0 if signed else 0.0, 1.0, count, dtype=torch.float32)
+    half = count // 2
+    return torch.cat([values[:half], torch.zeros(256 - count), values[half:]])
 
 
 @functools.cache

@@ -15,11 +15,43 @@ from bnb8.optim.manager import GlobalOptimManager
 
 
 class Embedding(nn.Embedding):
-    """``torch.nn.Embedding`` (same arguments) whose weight always gets 32-bit optimizer state."""
+    """``torch.nn.Embedding`` whose weight always gets 32-bit optimizer state, initialised Xavier-uniform
+    (the padding row zero) as bitsandbytes' ``Embedding``, not N(0, 1) as torch's.
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    Args: as ``torch.nn.Embedding`` (``num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
+    scale_grad_by_freq, sparse, _weight, device, dtype``).
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Tensor | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_idx,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            _weight,
+            device=device,
+            dtype=dtype,
+        )
         GlobalOptimManager.get_instance().register_module_override(self, "weight", {"optim_bits": 32})
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
+        self._fill_padding_idx_with_zero()
 
     def __setstate__(self, state: dict) -> None:
         # copy.deepcopy and unpickling rebuild the module without __init__: register the copy too.
@@ -62,10 +94,6 @@ class StableEmbedding(Embedding):
             dtype=dtype,
         )
         self.norm = nn.LayerNorm(embedding_dim, device=device)
-
-    def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.weight)
-        self._fill_padding_idx_with_zero()
 
     def forward(self, input: Tensor) -> Tensor:
         emb = F.embedding(

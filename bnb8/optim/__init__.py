@@ -4,6 +4,7 @@ Every family exists as ``X`` (``optim_bits`` chooses 8 or 32, default 32 like to
 ``X32bit``; Adam-like families also as ``PagedX*``.
 """
 
+from bnb8.optim import adamw, lars  # noqa: F401  (bitsandbytes' module paths)
 from bnb8.optim._distributed import carry_overrides
 from bnb8.optim.adagrad import Adagrad, Adagrad8bit, Adagrad32bit
 from bnb8.optim.adam import (
@@ -33,7 +34,7 @@ from bnb8.optim.lion import Lion, Lion8bit, Lion32bit, PagedLion, PagedLion8bit,
 from bnb8.optim.manager import GlobalOptimManager
 from bnb8.optim.optimizer import Optimizer8bit
 from bnb8.optim.rmsprop import RMSprop, RMSprop8bit, RMSprop32bit
-from bnb8.optim.sgd import LARS, SGD, LARS8bit, LARS32bit, SGD8bit, SGD32bit
+from bnb8.optim.sgd import LARS, SGD, LARS8bit, LARS32bit, PytorchLARS, SGD8bit, SGD32bit
 
 __all__ = [
     "Adagrad",
@@ -71,6 +72,7 @@ __all__ = [
     "PagedLion",
     "PagedLion32bit",
     "PagedLion8bit",
+    "PytorchLARS",
     "RMSprop",
     "RMSprop32bit",
     "RMSprop8bit",

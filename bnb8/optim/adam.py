@@ -37,8 +37,8 @@ _COMMON_ARGS_DOC = """
 
 
 class _AdamBase(Optimizer8bit):
+    optimizer_name = "adam"  # bitsandbytes' name of the algorithm
     bits_positional = True  # bitsandbytes' Adam8bit(..., amsgrad, optim_bits, ...)
-    decoupled: bool = False  # AdamW: weight decay applied to the parameter, not added to the gradient
     torch_state_keys = {"exp_avg": "state1", "exp_avg_sq": "state2", "max_exp_avg_sq": "state3"}
 
     def __init__(
@@ -63,8 +63,17 @@ class _AdamBase(Optimizer8bit):
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        decoupled_weight_decay: bool = False,
     ) -> None:
-        defaults = dict(lr=lr, betas=as_tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        # decoupled_weight_decay: as torch.optim.Adam's, a group setting (AdamW's groups hold True).
+        defaults = dict(
+            lr=lr,
+            betas=as_tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
         super().__init__(params, defaults, **common_args(locals()))
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -72,6 +81,10 @@ class _AdamBase(Optimizer8bit):
         check_eps(group["eps"])
         check_weight_decay(group["weight_decay"])
         check_betas(group["betas"])
+        if not isinstance(group["decoupled_weight_decay"], bool):
+            raise TypeError(
+                f"decoupled_weight_decay: expected True or False, got {group['decoupled_weight_decay']!r}"
+            )
         if group.get("amsgrad") and group["optim_bits"] == 8:
             raise ValueError(
                 "amsgrad=True is implemented with 32-bit state only: pass optim_bits=32 (or use Adam32bit)"
@@ -85,7 +98,7 @@ class _AdamBase(Optimizer8bit):
 
     def _rule(self, cfg, step, quantized, new_state=False):
         beta1, beta2 = cfg["betas"]
-        lr, wd = cfg["lr"], cfg["weight_decay"]
+        lr, wd, decoupled = cfg["lr"], cfg["weight_decay"], cfg["decoupled_weight_decay"]
         hyper = dict(
             beta1=beta1,
             beta2=beta2,
@@ -94,8 +107,8 @@ class _AdamBase(Optimizer8bit):
             step=step,
             step_size=lr / (1.0 - beta1**step),
             bias_correction2_sqrt=math.sqrt(1.0 - beta2**step),
-            decay=1.0 - lr * wd if self.decoupled else 1.0,
-            weight_decay=0.0 if self.decoupled else wd,
+            decay=1.0 - lr * wd if decoupled else 1.0,
+            weight_decay=0.0 if decoupled else wd,
         )
         return ("adam_amsgrad" if cfg["amsgrad"] else "adam"), hyper
 
@@ -104,7 +117,8 @@ class Adam(_AdamBase):
     __doc__ = """Adam (Kingma & Ba, 2015) with 8-bit (``optim_bits=8``) or 32-bit optimizer state.
 
     Arguments and defaults as ``torch.optim.Adam``: ``weight_decay`` is coupled L2 regularisation
-    (added to the gradient). For decoupled weight decay use :class:`AdamW`.
+    (added to the gradient) unless ``decoupled_weight_decay=True`` (then it is :class:`AdamW`).
+    bitsandbytes' ``Adam`` decays decoupled: pass ``decoupled_weight_decay=True`` to match it.
 
     Args:
         params (iterable): parameters or parameter groups to optimize.
@@ -114,7 +128,9 @@ class Adam(_AdamBase):
         eps (float, optional): added to the denominator for numerical stability (default: 1e-8).
         weight_decay (float, optional): L2 penalty (default: 0).
         amsgrad (bool, optional): the AMSGrad variant (Reddi et al., 2018); 32-bit state only
-            (default: False).""" + _COMMON_ARGS_DOC.format(bits=32)
+            (default: False).
+        decoupled_weight_decay (bool, optional): keyword-only; apply ``weight_decay`` to the parameter
+            as AdamW does (default: False).""" + _COMMON_ARGS_DOC.format(bits=32)
 
 
 class AdamW(_AdamBase):
@@ -129,10 +145,30 @@ class AdamW(_AdamBase):
         eps (float, optional): (default: 1e-8).
         weight_decay (float, optional): decoupled weight decay coefficient (default: 1e-2).
         amsgrad (bool, optional): 32-bit state only (default: False).""" + _COMMON_ARGS_DOC.format(bits=32)
-    decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *args, **kwargs):
-        super().__init__(params, lr, betas, eps, weight_decay, *args, **kwargs)
+        if "decoupled_weight_decay" in kwargs:  # as torch.optim.AdamW: always decoupled
+            raise TypeError("AdamW got an unexpected keyword argument 'decoupled_weight_decay' (always True)")
+        super().__init__(params, lr, betas, eps, weight_decay, *args, decoupled_weight_decay=True, **kwargs)
+
+
+def _with_defaults(
+    signature: inspect.Signature, drop: tuple[str, ...] = (), **defaults: Any
+) -> inspect.Signature:
+    """``signature`` without the parameters in ``drop`` and with new defaults: the signature a
+    forwarding ``__init__`` shows to ``inspect`` (tools such as jsonargparse or litgpt keep only the
+    arguments it names)."""
+    kept = [
+        p.replace(default=defaults.get(p.name, p.default))
+        for p in signature.parameters.values()
+        if p.name not in drop
+    ]
+    return signature.replace(parameters=kept)
+
+
+AdamW.__init__.__signature__ = _with_defaults(
+    inspect.signature(_AdamBase.__init__), drop=("decoupled_weight_decay",), weight_decay=1e-2
+)
 
 
 def fixed_variant(base: type, name: str, bits: int | None = None, paged: bool = False) -> type:
@@ -165,6 +201,9 @@ def fixed_variant(base: type, name: str, bits: int | None = None, paged: bool = 
             given[key] = value
         base.__init__(self, **given)
 
+    __init__.__signature__ = _with_defaults(
+        signature, **fixed
+    )  # what inspect shows: the fixed values as defaults
     what = "" if bits is None else f" with {bits}-bit optimizer state"
     paging = " with paged state (CUDA unified memory; a no-op on the CPU)" if paged else ""
     doc = f"{base.__name__}{what}{paging}. Arguments as :class:`{base.__name__}`."

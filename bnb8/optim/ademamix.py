@@ -29,6 +29,7 @@ def _check_period(name: str, value: Any) -> None:
 
 
 class AdEMAMix(Optimizer8bit):
+    optimizer_name = "ademamix"  # bitsandbytes' name of the algorithm
     __doc__ = """AdEMAMix (Pagliardini et al., 2024, "The AdEMAMix Optimizer: Better, Faster, Older"),
     8-bit or 32-bit state.
 

@@ -20,6 +20,7 @@ from bnb8.optim.optimizer import (
 
 
 class LAMB(Optimizer8bit):
+    optimizer_name = "lamb"  # bitsandbytes' name of the algorithm
     __doc__ = """LAMB (You et al., 2020, "Large Batch Optimization for Deep Learning"), 8-bit or 32-bit state.
 
     Per parameter tensor: Adam's direction plus weight decay, ``u = m_hat / (sqrt(v_hat) + eps) +

@@ -40,7 +40,11 @@ OVERRIDABLE_KEYS = frozenset(
         # bitsandbytes' docs pass is_sparse=True for embedding layers: bnb8 implements it as
         # skip_zeros (elements whose gradient is exactly zero are left untouched).
         "is_sparse",
+        # accepted as bitsandbytes accepts it; False is rejected at the next step like the argument
+        "block_wise",
         # family-specific hyper-parameters
+        "amsgrad",
+        "decoupled_weight_decay",
         "momentum",
         "dampening",
         "nesterov",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import types
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -79,7 +80,7 @@ COMMON_ARGS = (
 OPTIMIZER_SETTINGS = frozenset(
     {*COMMON_DEFAULTS, *COMMON_ARGS, "lr", "betas", "eps", "weight_decay", "amsgrad", "momentum", "dampening",
      "nesterov", "alpha", "centered", "lr_decay", "initial_accumulator_value", "t_alpha", "t_beta3",
-     "trust_coeff", "foreach", "fused", "capturable", "differentiable", "is_sparse"}
+     "trust_coeff", "foreach", "fused", "capturable", "differentiable", "is_sparse", "decoupled_weight_decay"}
 )  # fmt: skip
 
 # torch.optim flags a family accepts for signature compatibility but bnb8 does not implement.
@@ -206,10 +207,34 @@ class Optimizer8bit(torch.optim.Optimizer):
                 "state in blocks of 256, which is more accurate; drop the argument"
             )
         self.is_paged = bool(is_paged)
+        # bitsandbytes' optimizers expose their settings as .args (the config object, or one built from
+        # the arguments); code written for them reads e.g. optimizer.args.optim_bits.
+        self.args = (
+            args if args is not None else types.SimpleNamespace(**common, block_wise=True, is_paged=is_paged)
+        )
         defaults = {**defaults, **common}
         self._check_settings(defaults)
         self._init_caches()
         super().__init__(params, defaults)
+
+    # bitsandbytes' names for what some user code inspects: the family's name ("adam", "momentum", ...)
+    # and the state keys that must not be cast with the parameter's dtype.
+    optimizer_name: str = ""
+    non_castable_tensor_keys = frozenset(
+        {"qmap1", "qmap2", "qmap3", "max1", "max2", "new_max1", "new_max2", "state1", "state2", "state3",
+         "gnorm_vec", "unorm_vec", "absmax1", "absmax2", "absmax3"}
+    )  # fmt: skip
+
+    @property
+    def name2qmap(self) -> dict[str, torch.Tensor]:
+        """bitsandbytes' table of code maps: ``dynamic`` (signed states) and ``udynamic`` (unsigned)."""
+        return {"dynamic": dynamic_map(True), "udynamic": dynamic_map(False)}
+
+    def get_config(self, gindex: int, pindex: int, group: dict[str, Any]) -> dict[str, Any]:
+        """The settings parameter ``pindex`` of group ``gindex`` is updated with: the group's, with
+        GlobalOptimManager overrides applied (bitsandbytes' ``get_config``)."""
+        cfg = self._config(gindex, pindex, group, group["params"][pindex])
+        return {k: v for k, v in cfg.items() if k != "params"}
 
     def _init_caches(self) -> None:
         """What the optimizer keeps besides defaults, state and param groups (not pickled)."""
@@ -289,7 +314,9 @@ class Optimizer8bit(torch.optim.Optimizer):
         overrides = self.mng.overrides_for(group_index, index, p)
         if not overrides:
             return group
-        foreign = sorted(k for k in overrides if k not in self.defaults and k != "is_sparse")
+        foreign = sorted(
+            k for k in overrides if k not in self.defaults and k not in ("is_sparse", "block_wise")
+        )
         if foreign:  # another family's setting (momentum on Adam, ...): it would be ignored
             raise ValueError(
                 f"GlobalOptimManager override {foreign} for a parameter of shape {tuple(p.shape)}: not a setting of "
@@ -298,6 +325,11 @@ class Optimizer8bit(torch.optim.Optimizer):
         cfg = {**group, **overrides}
         if cfg.pop("is_sparse", False):
             cfg["skip_zeros"] = True
+        if cfg.pop("block_wise", True) is not True:
+            raise ValueError(
+                f"GlobalOptimManager override block_wise={overrides['block_wise']!r} for a parameter of shape "
+                f"{tuple(p.shape)}: bnb8 always quantizes in blocks of 256; drop the override"
+            )
         self._check_settings(cfg)
         return cfg
 
@@ -622,14 +654,22 @@ class Optimizer8bit(torch.optim.Optimizer):
             out[alias] = tuple(values)
         return out
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], move_to_device: bool = True) -> None:
         """Load a state dict of bnb8 or bitsandbytes (>= 0.44) for the same parameters.
 
         Everything is checked before anything changes: on error the optimizer is exactly as before.
         A torch.optim state dict of the same algorithm (``exp_avg``, ... see ``torch_state_keys``) loads
         as 32-bit state. Hooks registered with ``register_load_state_dict_pre_hook`` /
         ``register_load_state_dict_post_hook`` run as in torch.
+
+        ``move_to_device`` (bitsandbytes' argument) must be True: the kernels update states on their
+        parameter's device, so loaded states always move there.
         """
+        if move_to_device is not True:
+            raise ValueError(
+                "load_state_dict: move_to_device=False is not supported; bnb8 keeps every state on its "
+                "parameter's device (the kernels update it there): drop the argument"
+            )
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             replaced = pre_hook(self, state_dict)
             if replaced is not None:

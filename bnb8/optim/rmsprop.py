@@ -16,6 +16,7 @@ from bnb8.optim.optimizer import (
 
 
 class RMSprop(Optimizer8bit):
+    optimizer_name = "rmsprop"  # bitsandbytes' name of the algorithm
     __doc__ = """RMSprop (Hinton, 2012) with 8-bit (``optim_bits=8``) or 32-bit state.
 
     As ``torch.optim.RMSprop``: with ``g = grad + weight_decay * p``, ``v = alpha * v + (1 - alpha) * g^2``;

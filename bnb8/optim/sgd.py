@@ -23,6 +23,7 @@ def check_momentum(group: dict[str, Any]) -> None:
 
 
 class SGD(Optimizer8bit):
+    optimizer_name = "momentum"  # bitsandbytes' name of the algorithm
     __doc__ = """Stochastic gradient descent with momentum, 8-bit (``optim_bits=8``) or 32-bit buffer.
 
     As ``torch.optim.SGD``: with ``g = grad + weight_decay * p``, the buffer is ``b = g`` on the first
@@ -99,6 +100,7 @@ class SGD(Optimizer8bit):
 
 
 class LARS(SGD):
+    optimizer_name = "lars"  # bitsandbytes' name of the algorithm
     __doc__ = """LARS as in bitsandbytes: SGD with momentum whose update is scaled per tensor so that
     ``||u|| <= max_unorm * ||p||`` (a layer-wise trust ratio; You et al., 2017), 8-bit or 32-bit buffer.
 
@@ -153,6 +155,23 @@ class LARS(SGD):
             maximize=maximize,
             is_paged=is_paged,
         )
+
+
+class PytorchLARS(LARS):
+    """bitsandbytes' ``PytorchLARS`` (its pure-torch reference LARS): :class:`LARS` with float32 state and
+    that class's arguments and defaults (``lr=0.01``; ``max_unorm`` right after ``nesterov``)."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        max_unorm: float = 0.02,
+    ) -> None:
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, max_unorm=max_unorm)
 
 
 SGD8bit = fixed_variant(SGD, "SGD8bit", bits=8)
