@@ -127,6 +127,13 @@ def test_regression_beyond_margin_fails_naming_key_ratios_and_margin(tmp_path, b
     assert "adam32bit-16M-fp32-cpu: ratio" not in out
 
 
+@pytest.mark.parametrize(("ratio", "code"), [(2.599, 0), (2.601, 1)])
+def test_the_limit_is_baseline_times_one_plus_margin(tmp_path, baseline, capsys, ratio, code):
+    """Baseline 2.0, margin 30 %: the limit is 2.6 exactly, no slack either way."""
+    result = result_json(tmp_path / "r.json", {"adam8bit-16M-fp32-cpu": ratio, "adam32bit-16M-fp32-cpu": 1.0})
+    assert run_gate(capsys, result, baseline)[0] == code
+
+
 def test_margin_option_overrides_baseline_margin(tmp_path, baseline, capsys):
     result = result_json(tmp_path / "r.json", {"adam8bit-16M-fp32-cpu": 2.7, "adam32bit-16M-fp32-cpu": 1.0})
     code, out = run_gate(capsys, result, baseline, "--margin", "0.4")

@@ -404,6 +404,26 @@ def test_percentile_clipping_scales_down_a_spike():
     assert m_clipped < m_plain / 5
 
 
+@pytest.mark.parametrize("percentile", [50, 90])
+def test_percentile_clipping_clips_to_the_nearest_rank(percentile):
+    """SGD without momentum shows the gradient scale directly: after 8 steps with gradients of known
+    norms, a spike is scaled to the nearest-rank percentile of the 9 recorded norms (its own included)."""
+    p = torch.nn.Parameter(torch.zeros(5000))
+    opt = bnb8.optim.SGD32bit([p], lr=1.0, percentile_clipping=percentile)
+    direction = torch.randn(5000, generator=torch.Generator().manual_seed(0))
+    direction /= direction.norm()
+    norms = [3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0, 6.0]
+    for norm in norms:
+        p.grad = direction * norm
+        opt.step()
+    before = p.detach().clone()
+    p.grad = direction * 100.0
+    opt.step()
+    recorded = sorted([*norms, 100.0])
+    rank = math.ceil(percentile / 100 * len(recorded)) - 1
+    assert (before - p.detach()).norm().item() == pytest.approx(recorded[rank], rel=1e-5)
+
+
 def test_max_unorm_caps_the_update():
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(5000))

@@ -537,3 +537,30 @@ def test_meta_parameter_is_a_clear_error_at_step():
     with pytest.raises(RuntimeError, match=r"meta device .* model\.to_empty"):
         opt.step()
     assert not opt.state
+
+
+def test_explicit_override_wins_over_a_module_override():
+    """README/manager.py: a key set with override_config beats the same key of register_module_override;
+    the module override's other keys still apply."""
+    layer = torch.nn.Linear(80, 80)
+    mng = bnb8.optim.GlobalOptimManager.get_instance()
+    mng.register_module_override(layer, "weight", {"lr": 1.0, "optim_bits": 32})
+    opt = bnb8.optim.Adam8bit(layer.parameters(), lr=1e-3)
+    mng.override_config(layer.weight, "lr", 1e-5)
+    layer(torch.randn(4, 80)).sum().backward()
+    opt.step()
+    config = opt.get_config(0, 0, opt.param_groups[0])
+    assert config["lr"] == 1e-5 and config["optim_bits"] == 32
+    assert opt.state[layer.weight]["state1"].dtype == torch.float32
+
+
+def test_state_dict_missing_a_moment_at_step_one_is_rejected():
+    p, opt = trained(steps=1)
+    sd = opt.state_dict()
+    quant = sd["state"][0]["__bnb_optimizer_quant_state__"]
+    for key in ("state2", "absmax2", "qmap2"):
+        del quant[key]
+    snap = snapshot(p, opt)
+    with pytest.raises(ValueError, match="step is 1 but state2 is missing"):
+        opt.load_state_dict(sd)
+    assert_unchanged(p, opt, snap)

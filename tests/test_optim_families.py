@@ -181,8 +181,9 @@ def dequantized(opt, p: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def run_pair(name, kw, shape, dtype, bits, steps, resync_every):
-    """Yields (step, reference params, bnb8 params) for the same gradient stream."""
+def run_pair(name, kw, shape, dtype, bits, steps, resync_every, states=None):
+    """Yields (step, reference params, bnb8 params) for the same gradient stream. With a list as
+    ``states``, each step also appends (reference states, bnb8's states dequantized, bnb8's state dict)."""
     cls, make_ref = FAMILIES[name]
     p = torch.nn.Parameter((torch.randn(shape) * 0.1).to(dtype))
     opt = cls([p], optim_bits=bits, **bnb8_kwargs(name, kw))
@@ -192,6 +193,9 @@ def run_pair(name, kw, shape, dtype, bits, steps, resync_every):
         p.grad = g
         opt.step()
         ref.step(g)
+        if states is not None:
+            snapshot = {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+            states.append(([r.clone() for r in ref.states()], dequantized(opt, p), snapshot))
         yield i, ref.p.detach(), p.detach().float()
         if i % resync_every == 0:
             ref.p.data.copy_(p.detach().float())
@@ -212,18 +216,46 @@ CASE_IDS = [f"{DTYPE_IDS[d]}-{'x'.join(map(str, s))}" for d, s in CASES]
 def _check_8bit(name, kw, shape, dtype, steps=6):
     """Per-step error: both sides start every step from bnb8's parameters and dequantized states; the
     reference result is rounded to the parameter dtype, so only the 8-bit state can differ."""
-    errs, relerrs = [], []
-    for _, p_ref, p8 in run_pair(name, kw, shape, dtype, bits=8, steps=steps, resync_every=1):
+    errs, relerrs, of_update = [], [], []
+    states, before = [], None
+    for _, p_ref, p8 in run_pair(name, kw, shape, dtype, bits=8, steps=steps, resync_every=1, states=states):
         err = (p_ref.to(dtype).float() - p8).abs()
         # bitsandbytes divides by |p| + 1e-9, which makes the mean a heavy-tailed statistic of the few
         # parameters near 0 (its own SGD8bit measures 1.7e-2 with it); the denominator is floored at 1e-3.
         relerr = err / (p_ref.abs() + 1e-3)
         errs.append(err.mean().item())
         relerrs.append(relerr.mean().item())
+        if before is not None:  # the error against the size of the step itself
+            moved = (p8 - before).abs().mean().item()
+            assert moved > 0, "a step left every parameter where it was"
+            of_update.append(err.mean().item() / moved)
+        before = p8.clone()
     # bitsandbytes' tolerances (tests/test_optim.py, test_optimizer8bit)
     atol, rtol = (1.7e-4, 1.6e-3) if dtype == torch.bfloat16 else (6e-5, 6e-4)
     assert max(errs) < atol, f"mean abs error per step {max(errs):.3g} >= {atol}"
     assert max(relerrs) < rtol, f"mean rel error per step {max(relerrs):.3g} >= {rtol}"
+    # Those tolerances are far above what the re-synced steps differ by (float rounding: measured
+    # <= 4e-9 in float32, <= 1e-4 of the step's own size): a wrong update fails these instead.
+    assert max(errs) < (1e-7 if dtype == torch.float32 else 1e-6), f"mean abs error per step {max(errs):.3g}"
+    assert max(of_update) < 1e-3, f"mean error per step is {max(of_update):.3g} of the mean step"
+    # The new states are the reference's rounded to the nearest code: within half the widest gap of
+    # the state's map (or the distance from +-1 to its outermost codes: the signed map has no -1) times
+    # the block's absmax, element by element.
+    for ref_states, ours, raw in states:
+        for k, (r, q) in enumerate(zip(ref_states, ours), start=1):
+            if raw[f"state{k}"].dtype != torch.uint8:
+                continue
+            qmap = raw[f"qmap{k}"]
+            reach = max(
+                0.5 * qmap.diff().max().item(),
+                1 - qmap.max().item(),
+                1 + qmap.min().item() if qmap.min() < 0 else 0,
+            )
+            scale = raw[f"absmax{k}"].repeat_interleave(256)[: q.numel()].view(q.shape)
+            # 1e-3 of the absmax: rounding, and the kernels form 1 - beta in float32 (for AdEMAMix's
+            # beta3 = 0.9999 that increment is 1.7e-4 off the reference's double 1 - beta).
+            excess = ((q - r.float()).abs() - (reach + 1e-3) * scale).max().item()
+            assert excess <= 0, f"state{k}: {excess:.3g} beyond the nearest code"
 
 
 @pytest.mark.parametrize(("dtype", "shape"), CASES, ids=CASE_IDS)
@@ -248,6 +280,40 @@ def test_32bit_matches_reference(name, kw, dtype, shape=(4097,)):
         worst = max(worst, ((p_ref.to(dtype).float() - p32).abs() / (p_ref.abs() + 1e-2)).max().item())
     tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]  # 1 ulp of 16-bit
     assert worst < tol
+
+
+STRONG_DECAY = [
+    ("lion", dict(lr=1e-2, weight_decay=0.5)),
+    ("lamb", dict(lr=1e-2, weight_decay=0.5)),
+    ("ademamix", dict(lr=1e-2, weight_decay=0.5)),
+    ("sgd", dict(lr=1e-2, momentum=0.9, weight_decay=0.5)),
+]
+
+
+@pytest.mark.parametrize(("name", "kw"), STRONG_DECAY, ids=[n for n, _ in STRONG_DECAY])
+def test_weight_decay_where_it_dominates(name, kw):
+    """Parameters ~1 with lr * weight_decay = 5e-3 over 20 steps: the decay moves them far more than
+    the tolerance, so a decay scaled wrongly (or dropped) fails; in the CONFIGS above it hides in 1e-6."""
+    cls, make_ref = FAMILIES[name]
+
+    def run(weight_decay):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(4097))
+        start = p.detach().clone()
+        opt = cls([p], optim_bits=32, **bnb8_kwargs(name, {**kw, "weight_decay": weight_decay}))
+        ref = make_ref(p.detach().clone(), **{**kw, "weight_decay": weight_decay})
+        for _ in range(20):
+            g = torch.randn(4097) * 0.01
+            p.grad = g
+            opt.step()
+            ref.step(g)
+        return start, p.detach(), ref.p.detach()
+
+    start, ours, ref = run(kw["weight_decay"])
+    _, _, without_decay = run(0.0)
+    change = (ref - start).norm()
+    assert (ours - ref).norm() / change < 1e-5
+    assert (without_decay - ref).norm() / change > 1e-2  # the decay is a visible part of the change
 
 
 # -- native kernels vs the reference backend --------------------------------------------------------
@@ -379,7 +445,7 @@ torch.save(out, sys.argv[2])
 """
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_every_cpu_variant_updates_alike(isa, tmp_path):
     """The variants decode codes differently (VBMI byte planes, register permutes, gathers); the two
     AVX-512 variants differ in nothing else and must agree bit for bit."""

@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pandas as pd
+import pytest
 
 from profiler import report
 from profiler.cli import main
@@ -46,6 +47,35 @@ def test_summary_and_plots(tiny_run):
     for name in ("memory.png", "loss_curves.png", "step_time.png"):
         assert (tiny_run / name).read_bytes()[:8] == PNG_MAGIC
     assert not (tiny_run / "memory_vs_min_8bit_size.png").exists()  # no min_8bit_size sweep in this suite
+
+
+def test_summary_tables_show_the_results_columns(tiny_run):
+    """Each number in summary.md's memory and speed tables is its results.csv column (one seed: the mean
+    is the value), formatted: a table reading the wrong column fails here."""
+    results = pd.read_csv(tiny_run / "results.csv").set_index(["model", "optimizer"])
+    text = (tiny_run / "summary.md").read_text()
+
+    def table(heading):
+        lines = text.split(f"## {heading}")[1].split("\n## ")[0].strip().splitlines()
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("|")]
+        return [dict(zip(rows[0], r)) for r in rows[2:]]
+
+    mib = 2**20
+    for row in table("Memory"):
+        want = results.loc[(row["model"], row["optimizer"])]
+        assert float(row["state MiB"].replace(",", "")) == pytest.approx(want["state_bytes"] / mib, abs=0.006)
+        assert float(row["peak MiB"].replace(",", "")) == pytest.approx(
+            want["peak_memory_bytes"] / mib, abs=0.006
+        )
+        assert int(row["params"].replace(",", "")) == want["params"]
+    for row in table("Speed"):
+        want = results.loc[(row["model"], row["optimizer"])]
+        assert float(row["step ms (median)"].replace(",", "")) == pytest.approx(
+            want["step_ms_median"], rel=0.01
+        )
+        assert float(row["optimizer.step ms"].replace(",", "")) == pytest.approx(
+            want["optim_step_ms_median"], rel=0.01
+        )
 
 
 def test_report_command_rebuilds(tiny_run, tmp_path):
