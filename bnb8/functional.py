@@ -157,16 +157,18 @@ def _exact_round_down(thr: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Each threshold as the largest float32 <= the exact midpoint of its two codes. The double sum
     above is exact for the dynamic maps; for codes of very different magnitude (a denormal next to a
     normal code) it rounds, so every threshold is checked in exact rational arithmetic (255 of them,
-    once per table: the tables are cached)."""
+    once per table: the tables are cached).
+
+    Only a step down can be needed: ``thr`` is the largest float32 <= the rounded double midpoint, and
+    no float32 f lies above it and at or below the exact midpoint (f is a double, so rounding f <= exact
+    gives f <= the rounded midpoint)."""
     out = thr.clone()
-    up, down = torch.tensor([math.inf]), torch.tensor([-math.inf])
+    down = torch.tensor([-math.inf])
     for i in range(out.numel()):
         exact = (Fraction(codes[i].item()) + Fraction(codes[i + 1].item())) / 2
         t = out[i : i + 1]
         while Fraction(t.item()) > exact:
             t = torch.nextafter(t, down)
-        while Fraction(torch.nextafter(t, up).item()) <= exact:
-            t = torch.nextafter(t, up)
         out[i] = t[0]
     return out
 
