@@ -139,11 +139,12 @@ def test_embedding_initialised_like_bitsandbytes():
     bound = math.sqrt(6 / (1000 + 64))  # Xavier-uniform, not torch's N(0, 1)
     assert emb.weight.abs().max() <= bound and emb.weight.std() > 0.8 * bound / math.sqrt(3)
     assert torch.equal(emb.weight[3], torch.zeros(64))
-    assert list(inspect.signature(bnb8.nn.Embedding).parameters)[:3] == [
-        "num_embeddings",
-        "embedding_dim",
-        "padding_idx",
-    ]
+    for cls in (bnb8.nn.Embedding, bnb8.nn.StableEmbedding):
+        assert list(inspect.signature(cls).parameters)[:3] == [
+            "num_embeddings",
+            "embedding_dim",
+            "padding_idx",
+        ]
     bnb = pytest.importorskip("bitsandbytes")
     torch.manual_seed(0)
     assert torch.equal(bnb.nn.Embedding(1000, 64, padding_idx=3).weight, emb.weight)

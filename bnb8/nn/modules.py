@@ -7,6 +7,8 @@ whole model still keeps full-precision state for them.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -68,32 +70,9 @@ class StableEmbedding(Embedding):
     scale_grad_by_freq, sparse, _weight, device, dtype``).
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        padding_idx: int | None = None,
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        sparse: bool = False,
-        _weight: Tensor | None = None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__(
-            num_embeddings,
-            embedding_dim,
-            padding_idx,
-            max_norm,
-            norm_type,
-            scale_grad_by_freq,
-            sparse,
-            _weight,
-            device=device,
-            dtype=dtype,
-        )
-        self.norm = nn.LayerNorm(embedding_dim, device=device)
+    def __init__(self, *args, **kwargs) -> None:  # Embedding's arguments (its signature, set below)
+        super().__init__(*args, **kwargs)
+        self.norm = nn.LayerNorm(self.embedding_dim, device=self.weight.device)
 
     def forward(self, input: Tensor) -> Tensor:
         emb = F.embedding(
@@ -114,3 +93,7 @@ class StableEmbedding(Embedding):
         return F.layer_norm(emb.to(dtype), norm.normalized_shape, weight, bias, norm.eps).to(
             self.weight.dtype
         )
+
+
+# What inspect shows for StableEmbedding(...): Embedding's arguments, not (*args, **kwargs).
+StableEmbedding.__init__.__signature__ = inspect.signature(Embedding.__init__)
