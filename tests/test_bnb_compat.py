@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import pickle
+from copy import deepcopy
 
 import pytest
 import torch
@@ -114,6 +116,8 @@ def test_bitsandbytes_attributes():
     optim.GlobalOptimManager.get_instance().override_config(p, "lr", 0.01)
     config = opt.get_config(0, 0, opt.param_groups[0])
     assert config["lr"] == 0.01 and config["optim_bits"] == 8 and "params" not in config
+    for copy in (pickle.loads(pickle.dumps(opt)), deepcopy(opt)):
+        assert copy.args.min_8bit_size == 16 and copy.optimizer_name == "adam"
     with pytest.raises(ValueError, match="move_to_device=False is not supported"):
         opt.load_state_dict(opt.state_dict(), move_to_device=False)
     opt.load_state_dict(opt.state_dict(), move_to_device=True)
@@ -189,3 +193,101 @@ def test_dtype_errors_are_type_and_value_errors():
     for error in (TypeError, ValueError):
         with pytest.raises(error, match="A: expected float32, float16 or bfloat16, got torch.int32"):
             F.quantize_blockwise(torch.zeros(100, dtype=torch.int32))
+
+
+class ProjectedAdamW8bit(bnb8.optim.optimizer.Optimizer2State):
+    """GaLore's pattern (its GaLoreAdamW8bit subclasses bitsandbytes' Optimizer2State): step() drives the
+    per-parameter hooks itself and updates 2-D weights in a rank-r projection of their gradient."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, min_8bit_size=4096):
+        super().__init__("adam", params, lr, betas, eps, weight_decay, 8, None, min_8bit_size, 100, True)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not self.initialized:
+            self.check_overrides()
+            self.to_gpu()
+            self.initialized = True
+        for gindex, group in enumerate(self.param_groups):
+            for pindex, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state.setdefault("step", 0)
+                project = "rank" in group
+                if project:
+                    if "P" not in state:
+                        state["P"] = torch.linalg.svd(p.grad, full_matrices=False)[0][:, : group["rank"]]
+                    full, grad = p.data, p.grad
+                    p.data, p.grad = torch.zeros(group["rank"], p.shape[1]), state["P"].T @ grad
+                if "state1" not in state:
+                    self.init_state(group, p, gindex, pindex)
+                self.prefetch_state(p)
+                self.update_step(group, p, gindex, pindex)
+                if project:
+                    p.data, p.grad = full.add_(state["P"] @ p.data), grad
+
+
+def _grads(params, steps, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(p.shape, generator=g) * 0.01 for p in params] for _ in range(steps)]
+
+
+def test_a_galore_style_subclass_of_optimizer2state_runs():
+    torch.manual_seed(0)
+    w, b = torch.nn.Parameter(torch.randn(256, 128) * 0.1), torch.nn.Parameter(torch.randn(5000) * 0.1)
+    b_ref = torch.nn.Parameter(b.detach().clone())
+    opt = ProjectedAdamW8bit([{"params": [w], "rank": 16}, {"params": [b]}], lr=1e-2, min_8bit_size=1000)
+    ref = optim.AdamW8bit([b_ref], lr=1e-2, min_8bit_size=1000)
+    w0 = w.detach().clone()
+    for gw, gb in zip(*zip(*_grads([w, b], 5))):
+        w.grad, b.grad, b_ref.grad = gw, gb.clone(), gb.clone()
+        opt.step()
+        ref.step()
+    assert isinstance(opt, ProjectedAdamW8bit) and isinstance(opt, optim.AdamW)
+    assert opt.state[w]["state1"].shape == (16, 128) and opt.state[w]["state1"].dtype == torch.uint8
+    assert torch.equal(b, b_ref)  # update_step is the fused step, one parameter at a time
+    change = w.detach() - w0
+    assert change.abs().max() > 0
+    assert torch.linalg.matrix_rank(change).item() <= 16  # the update stayed in the projection
+    for copy in (pickle.loads(pickle.dumps(opt)), deepcopy(opt)):
+        b_copy = copy.param_groups[1]["params"][0]
+        assert type(copy) is type(opt) and torch.equal(copy.state[b_copy]["state1"], opt.state[b]["state1"])
+
+
+@pytest.mark.parametrize(
+    ("name", "betas", "eps", "family", "kwargs"),
+    [
+        ("momentum", (0.9, 0.1), 0.0, optim.SGD, dict(momentum=0.9, dampening=0.1)),
+        ("lars", (0.9, 0.0), 0.0, optim.LARS, dict(momentum=0.9)),
+        ("rmsprop", (0.95, 0.5), 1e-6, optim.RMSprop, dict(alpha=0.95, momentum=0.5, eps=1e-6)),
+        ("adagrad", (0.0, 0.0), 1e-10, optim.Adagrad, dict(eps=1e-10)),
+        ("lion", (0.9, 0.99), 0.0, optim.Lion, dict(betas=(0.9, 0.99))),
+        ("adam", (0.9, 0.99), 1e-8, optim.AdamW, dict(betas=(0.9, 0.99))),
+        ("lamb", (0.9, 0.99), 1e-8, optim.LAMB, dict(betas=(0.9, 0.99))),
+        ("ademamix", (0.9, 0.99, 0.999), 1e-8, optim.AdEMAMix, dict(betas=(0.9, 0.99, 0.999), alpha=2.0)),
+    ],
+)
+def test_optimizer_by_name_is_its_family(name, betas, eps, family, kwargs):
+    """bitsandbytes' classes pass their hyper-parameters through (betas, eps): the same updates as the
+    bnb8 family with them, bit for bit, in 8-bit state."""
+    two = len(betas) == 3 or name in ("adam", "lamb")
+    by_name = optim.optimizer.Optimizer2State if two else optim.optimizer.Optimizer1State
+    p, q = (torch.nn.Parameter(torch.randn(5000) * 0.1) for _ in range(2))
+    q.data.copy_(p.data)
+    extra = {"ademamix": dict(alpha=2.0), "lars": dict(max_unorm=0.02)}.get(name, {})
+    ours = by_name(name, [p], 1e-2, betas, eps, 0.01, 8, **extra)
+    theirs = family([q], lr=1e-2, weight_decay=0.01, optim_bits=8, **kwargs)
+    assert ours.optimizer_name == theirs.optimizer_name
+    for (g,) in _grads([p], 4):
+        p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    assert torch.equal(p, q)
+
+
+def test_optimizer_by_name_rejects_an_unknown_name():
+    with pytest.raises(
+        ValueError, match="optimizer_name: expected one of adam, ademamix, lamb for Optimizer2State"
+    ):
+        optim.optimizer.Optimizer2State("sgd", [torch.nn.Parameter(torch.zeros(4))])

@@ -474,14 +474,22 @@ class Optimizer8bit(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update(
+            [(gi, group, list(enumerate(group["params"]))) for gi, group in enumerate(self.param_groups)]
+        )
+        return loss
+
+    def _update(self, selection: list[tuple[int, dict[str, Any], list[tuple[int, torch.Tensor]]]]) -> None:
+        """One step for the parameters in ``selection``: (group index, group, [(index in group, param)]).
+        Parameters without a gradient are skipped; every check runs before any state changes."""
         self.mng._resolve_module_overrides()
         # Parameters of one group (without overrides) share cfg, step and so state kinds, rule and
         # hyper-parameters: derive them once per cfg (and step), not per parameter.
         plan_of: dict[int, tuple] = {}
         work = []
-        for gi, group in enumerate(self.param_groups):  # all checks first: a failed step changes nothing
+        for gi, group, members in selection:  # all checks first: a failed step changes nothing
             self._check_settings(group)  # again: param_groups may have been edited (schedulers, users)
-            for pi, p in enumerate(group["params"]):
+            for pi, p in members:
                 if p.grad is None:
                     continue
                 self._check_param(p)
@@ -524,7 +532,39 @@ class Optimizer8bit(torch.optim.Optimizer):
             buckets[key].append((p, cfg))
         for key, members in buckets.items():
             self._update_bucket(key, members)
-        return loss
+
+    # -- bitsandbytes' per-parameter interface ------------------------------------------------------
+    # Subclasses written for bitsandbytes (GaLore's, for one) override step() and drive these
+    # themselves: check_overrides/to_gpu once, then per parameter init_state, prefetch_state and
+    # update_step. bnb8's own step() updates all parameters in fused buckets instead.
+    initialized = False
+
+    def check_overrides(self) -> None:
+        """Resolve GlobalOptimManager module overrides now (step() does it every time)."""
+        self.mng._resolve_module_overrides()
+
+    def to_gpu(self) -> None:
+        """Move every state tensor to its parameter's device (bitsandbytes' name: any device)."""
+        for p, state in self.state.items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.device != p.device:
+                    state[key] = value.to(p.device)
+
+    def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        """Create parameter ``p``'s missing states (8-bit or float32 as its settings decide)."""
+        self._init_state(p, self._config(gindex, pindex, group, p))
+
+    def prefetch_state(self, p: torch.Tensor) -> None:
+        """Start moving a paged optimizer's states of ``p`` to the GPU; nothing otherwise."""
+        if self.is_paged and p.device.type == "cuda":
+            from bnb8 import paged
+
+            paged.prefetch([v for v in self.state[p].values() if isinstance(v, torch.Tensor)], p.device)
+
+    @torch.no_grad()
+    def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        """One step for parameter ``p`` alone (index ``pindex`` of group ``gindex``)."""
+        self._update([(gindex, group, [(pindex, p)])])
 
     def _gradient_scales(self, members: list, grads: list[torch.Tensor]) -> torch.Tensor | None:
         cfg = members[0][1]
@@ -725,11 +765,12 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     # -- pickling (copy.deepcopy, torch.save of the optimizer object) ---------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "is_paged": self.is_paged}
+        return {**super().__getstate__(), "is_paged": self.is_paged, "args": self.args}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self.is_paged = bool(state.pop("is_paged", False))
+        self.args = state.pop("args", None)
         super().__setstate__(state)
         self._init_caches()
 
@@ -864,3 +905,13 @@ class _StatelessOps:
         return reference.optimizer_norms(
             rule, params, grads, [s1, s2, s3], [a1, a2, a3], qmaps, hyper, scales
         )
+
+
+def __getattr__(name: str) -> Any:
+    # bitsandbytes' generic classes live in bnb8.optim.by_name (they import the families, which import
+    # this module); found here, where bitsandbytes has them.
+    if name in ("Optimizer1State", "Optimizer2State"):
+        from bnb8.optim import by_name
+
+        return getattr(by_name, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
