@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
 import shutil
 import sys
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every (model, optimizer configuration, seed) of a suite, each in a fresh worker "
         "process, appending one row to results.csv as each finishes; then write summary.md and plots. "
         "README.md ('Profiler') describes every column of results.csv. Exit status: 0 when every row "
-        "finished ok, 1 when a row failed (its status column says why), 2 for a bad argument.",
+        "finished (ok, oom or diverged: results), 1 when a row ended in an error (its status column says "
+        "why), 2 for a bad argument.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -188,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, suites.SuiteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as a piped tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:  # an output path that is a file, read-only, or under a missing folder
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}; give a writable directory (--out)", file=sys.stderr)
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
 
@@ -314,8 +319,10 @@ def cmd_run(args) -> int:
         return 130
     _write_reports(run_dir)
     results = report.read_results(run_dir)
-    failed = results[results["status"] != runner.STATUS_OK]
-    if not failed.empty:  # a script or CI step must not mistake a broken run for a measurement
+    # A script or CI step must not mistake a broken run for a measurement. `oom` and `diverged` rows
+    # are results (that configuration does not fit, or that learning rate diverges); `error` rows are not.
+    failed = results[results["status"].str.startswith("error")]
+    if not failed.empty:
         print(
             f"error: {len(failed)} of {len(results)} rows failed ({', '.join(failed['key'])}); their status "
             f"column in {run_dir / 'results.csv'} says why",

@@ -404,7 +404,7 @@ def incomplete_note(run_dir: Path) -> str | None:
     try:
         suite, settings = suites.load_recorded(run_dir)
         expected = [r.key for r in suite.runs(settings["device"], settings.get("filter"))]
-    except (suites.SuiteError, KeyError, re.error):
+    except (ValueError, KeyError, TypeError, re.error):  # SuiteError is a ValueError; a hand-edited run.json
         return None
     done = finished_keys(run_dir)
     missing = [k for k in expected if k not in done]

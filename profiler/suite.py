@@ -374,6 +374,7 @@ class _Checker:
             except SuiteError as e:
                 self.error(f"{where}class", str(e))
                 continue
+            errors_before = len(self.errors)
             accepted = constructor_parameters(cls)
             if accepted is not None:
                 for section, keys in (("kwargs", kwargs), ("sweep", sweep)):
@@ -384,7 +385,6 @@ class _Checker:
                                 f"{dotted} does not accept {key!r}; it accepts: {', '.join(accepted)}",
                             )
             sweep_lists = {k: v for k, v in sweep.items() if isinstance(v, list) and v}
-            errors_before = len(self.errors)
             for point in itertools.product(*sweep_lists.values()):
                 swept = dict(zip(sweep_lists, point))
                 label = name + (

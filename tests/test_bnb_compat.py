@@ -28,17 +28,23 @@ def test_signature_names_every_argument(cls):
     params = inspect.signature(cls.__init__).parameters
     assert not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values())
     assert list(params)[:3] == ["self", "params", "lr"]
-    fixed_bits = {"8bit": 8, "32bit": 32}.get(cls.__name__[-4:]) or (32 if cls is optim.PytorchLARS else None)
+    fixed_bits = 8 if cls.__name__.endswith("8bit") else 32 if cls.__name__.endswith("32bit") else None
+    fixed_bits = 32 if cls is optim.PytorchLARS else fixed_bits
     if "optim_bits" in params and fixed_bits:
         assert params["optim_bits"].default == fixed_bits
     if "is_paged" in params:
         assert params["is_paged"].default is cls.__name__.startswith("Paged")
-    # Every named argument is accepted with its default, and the defaults are what the class uses.
-    p = torch.nn.Parameter(torch.zeros(8))
+    # Every named argument is accepted with its shown default, and the shown defaults are the real ones:
+    # passing them all (as jsonargparse does) builds the same optimizer as passing none.
     kwargs = {n: a.default for n, a in params.items() if n not in ("self", "params")}
     kwargs["lr"] = 0.5
-    opt = cls([p], **kwargs)
-    assert opt.param_groups[0]["lr"] == 0.5
+    shown = cls([torch.nn.Parameter(torch.zeros(8))], **kwargs)
+    real = cls([torch.nn.Parameter(torch.zeros(8))], lr=0.5)
+    drop = ("params",)
+    assert {k: v for k, v in shown.param_groups[0].items() if k not in drop} == {
+        k: v for k, v in real.param_groups[0].items() if k not in drop
+    }
+    assert vars(shown.args) == vars(real.args) and shown.is_paged == real.is_paged
 
 
 def test_a_signature_driven_factory_keeps_the_settings():
@@ -152,6 +158,14 @@ def test_embedding_initialised_like_bitsandbytes():
     bnb = pytest.importorskip("bitsandbytes")
     torch.manual_seed(0)
     assert torch.equal(bnb.nn.Embedding(1000, 64, padding_idx=3).weight, emb.weight)
+
+
+def test_embeddings_from_pretrained():
+    weights = torch.randn(10, 4)
+    for cls in (bnb8.nn.Embedding, bnb8.nn.StableEmbedding):
+        emb = cls.from_pretrained(weights, freeze=False, padding_idx=2)
+        assert torch.equal(emb.weight, weights) and emb.weight.requires_grad and emb.padding_idx == 2
+        assert not cls.from_pretrained(weights).weight.requires_grad  # freeze=True by default, as torch
 
 
 @pytest.mark.parametrize("signed", [True, False])

@@ -185,6 +185,7 @@ def run_pair(name, kw, shape, dtype, bits, steps, resync_every, states=None):
     """Yields (step, reference params, bnb8 params) for the same gradient stream. With a list as
     ``states``, each step also appends (reference states, bnb8's states dequantized, bnb8's state dict)."""
     cls, make_ref = FAMILIES[name]
+    torch.manual_seed(0)  # the same data whatever ran before (and whichever tests -k selects)
     p = torch.nn.Parameter((torch.randn(shape) * 0.1).to(dtype))
     opt = cls([p], optim_bits=bits, **bnb8_kwargs(name, kw))
     ref = make_ref(p.detach(), **kw)
@@ -255,7 +256,7 @@ def _check_8bit(name, kw, shape, dtype, steps=6):
             # 1e-3 of the absmax: rounding, and the kernels form 1 - beta in float32 (for AdEMAMix's
             # beta3 = 0.9999 that increment is 1.7e-4 off the reference's double 1 - beta).
             excess = ((q - r.float()).abs() - (reach + 1e-3) * scale).max().item()
-            assert excess <= 0, f"state{k}: {excess:.3g} beyond the nearest code"
+            assert excess <= 1e-6 * scale.max().item(), f"state{k}: {excess:.3g} beyond the nearest code"
 
 
 @pytest.mark.parametrize(("dtype", "shape"), CASES, ids=CASE_IDS)

@@ -21,7 +21,7 @@ class Embedding(nn.Embedding):
     (the padding row zero) as bitsandbytes' ``Embedding``, not N(0, 1) as torch's.
 
     Args: as ``torch.nn.Embedding`` (``num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
-    scale_grad_by_freq, sparse, _weight, device, dtype``).
+    scale_grad_by_freq, sparse, _weight, _freeze, device, dtype``).
     """
 
     def __init__(
@@ -34,6 +34,7 @@ class Embedding(nn.Embedding):
         scale_grad_by_freq: bool = False,
         sparse: bool = False,
         _weight: Tensor | None = None,
+        _freeze: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -46,6 +47,7 @@ class Embedding(nn.Embedding):
             scale_grad_by_freq,
             sparse,
             _weight,
+            _freeze,
             device=device,
             dtype=dtype,
         )
@@ -67,7 +69,7 @@ class StableEmbedding(Embedding):
     8-bit optimizers stable on NLP models.
 
     Args: as ``torch.nn.Embedding`` (``num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
-    scale_grad_by_freq, sparse, _weight, device, dtype``).
+    scale_grad_by_freq, sparse, _weight, _freeze, device, dtype``).
     """
 
     def __init__(self, *args, **kwargs) -> None:  # Embedding's arguments (its signature, set below)

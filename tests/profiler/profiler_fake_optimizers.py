@@ -49,3 +49,12 @@ class RejectsOnStep(torch.optim.SGD):
 
     def step(self, closure=None):
         raise ValueError("Invalid learning rate at step time")
+
+
+class DivergesOnStep(torch.optim.SGD):
+    """Turns the parameters into NaN, as a learning rate far too large would: a `diverged` row."""
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.data.fill_(float("nan"))

@@ -203,7 +203,7 @@ def test_bad_command_line_values_name_the_option(tmp_path, tiny_suite_text, caps
     (tmp_path / "a-file").write_text("")
     assert main(["run", str(path), "--out", str(tmp_path / "a-file"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "a-file" in err and "give a writable directory (--out)" in err
+    assert err.startswith("error: ") and "a-file" in err and "Not a directory" in err
     assert "Traceback" not in err
 
 
@@ -227,6 +227,12 @@ def test_optimizer_settings_are_checked_when_the_suite_loads(tmp_path, tiny_suit
     assert "optimizers[3].sweep: bnb8.optim.adam.Adam8bit(min_8bit_size=-1) fails: ValueError" in str(
         error.value
     )
+    path.write_text(
+        tiny_suite_text.replace("kwargs = { lr = 0.05, momentum = 0.9 }", "kwargs = { lr = 0.1, lrr = 2 }")
+    )
+    with pytest.raises(suite.SuiteError) as error:
+        suite.load(str(path))
+    assert "does not accept 'lrr'" in str(error.value) and " fails: " not in str(error.value)
 
 
 def test_sweep_expands_into_labelled_configurations(tmp_path):

@@ -172,6 +172,29 @@ def test_failed_configuration_is_recorded_and_the_suite_goes_on(tmp_path, capsys
     assert "## Failed configurations" in summary and "| mlp | bad | error: ValueError" in summary
 
 
+def test_a_diverged_row_is_a_result_not_a_failure(tmp_path):
+    path = tmp_path / "diverge.toml"
+    path.write_text(
+        'description = "d"\nsteps = 3\nwarmup = 1\n[[models]]\nname = "mlp"\nwidth = 0.25\nbatch_size = 8\n'
+        '[[optimizers]]\nname = "good"\nclass = "torch.optim.SGD"\nkwargs = { lr = 0.1 }\n'
+        '[[optimizers]]\nname = "diverging"\nclass = "profiler_fake_optimizers.DivergesOnStep"\nkwargs = { lr = 0.1 }\n'
+    )
+    assert main(["run", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 0
+    (run_dir,) = (tmp_path / "diverge").iterdir()
+    status = pd.read_csv(run_dir / "results.csv").set_index("optimizer")["status"]
+    assert status["good"] == "ok" and status["diverging"].startswith("diverged: non-finite loss")
+
+
+def test_incomplete_note_survives_a_hand_edited_run_json(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    for edit in ({"steps": "x"}, {"filter": 5}, {"device": None}):
+        settings = json.loads((tiny_run / "run.json").read_text())
+        (copy / "run.json").write_text(json.dumps({**settings, **edit}))
+        assert report.incomplete_note(copy) is None  # nothing can be said; the report still builds
+        assert main(["report", str(copy)]) == 0
+
+
 def test_a_model_without_curves_and_odd_labels_still_get_a_report(tmp_path):
     """A model whose every run fails before its first step has no loss curve: the summary and the
     other plots are still written. An optimizer labelled "nan" stays a label (not a missing value)."""
