@@ -79,14 +79,14 @@ def run_gate(capsys, result: Path, baseline: Path, *extra: str) -> tuple[int, st
     return code, out.out + out.err
 
 
-def test_baseline_holds_median_ratio_and_margin(baseline):
+def test_baseline_holds_the_ratio_and_margin(baseline):
     data = json.loads(baseline.read_text())
     assert data["margin"] == 0.3
     assert data["benchmarks"]["adam8bit-16M-fp32-cpu"]["ratio"] == 2.0
     assert data["benchmarks"]["adam8bit-16M-fp32-cuda"]["device"] == "cuda"
 
 
-def test_baseline_of_a_key_noisier_than_the_margin_is_its_slowest_run(tmp_path):
+def test_baseline_of_a_key_is_its_slowest_run(tmp_path):
     runs = [
         result_json(tmp_path / f"noisy{i}.json", {"steady-cpu": 2.0 + 0.1 * i, "bimodal-cpu": r})
         for i, r in enumerate([2.6, 2.6, 3.6, 2.6, 2.6])
@@ -94,8 +94,9 @@ def test_baseline_of_a_key_noisier_than_the_margin_is_its_slowest_run(tmp_path):
     path = tmp_path / "baseline.json"
     assert gate.main([*map(str, runs), "--write-baseline", "--baseline", str(path), "--margin", "0.3"]) == 0
     data = json.loads(path.read_text())["benchmarks"]
-    assert data["steady-cpu"]["ratio"] == 2.2  # median: spread 20 % <= margin
-    assert data["bimodal-cpu"]["ratio"] == 3.6  # spread 38 % > margin: its slowest run
+    assert data["steady-cpu"]["ratio"] == 2.4  # the slowest run: an unchanged kernel never fails
+    assert data["bimodal-cpu"]["ratio"] == 3.6
+    assert data["bimodal-cpu"]["runs"] == [2.6, 2.6, 3.6, 2.6, 2.6] and data["bimodal-cpu"]["spread"] == 0.3846
 
 
 def test_baseline_refresh_refuses_to_absorb_a_regression(tmp_path, baseline, capsys):

@@ -29,7 +29,6 @@ import argparse
 import fnmatch
 import json
 import math
-import statistics
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -271,10 +270,11 @@ def confirm(result: dict[str, dict], rows: list[dict], path: Path, attempt: int)
 
 
 def make_baseline(results: list[tuple[Path, dict[str, dict], dict]], margin: float) -> dict:
-    """The median ratio of every key over one or more runs, with the runs' ratios and their spread.
+    """The slowest ratio of every key over one or more runs, with the runs' ratios and their spread.
 
-    A key whose runs spread by more than the margin (bimodal timings, e.g. 2.6 vs 3.6) cannot be gated
-    tighter than its own noise: its baseline is its slowest run, so an unchanged kernel never fails.
+    No gate can be tighter than a key's own noise, so the baseline is the slowest of the runs: an
+    unchanged kernel must not fail. (A median baseline was tried: on this shared machine the next run
+    of an unchanged kernel measured 33 % above a 5-run median, in three attempts in a row.)
     """
     keys = sorted({k for _, entries, _ in results for k in entries})
     benchmarks = {}
@@ -285,7 +285,7 @@ def make_baseline(results: list[tuple[Path, dict[str, dict], dict]], margin: flo
             raise GateError(f"{key}: no run recorded a positive finite ratio; cannot baseline it")
         spread = max(ratios) / min(ratios) - 1
         benchmarks[key] = {
-            "ratio": round(statistics.median(ratios) if spread <= margin else max(ratios), 4),
+            "ratio": round(max(ratios), 4),
             "device": found[0]["device"],
             "reference": found[0]["reference"],
             **found[0]["setup"],
@@ -301,8 +301,7 @@ def make_baseline(results: list[tuple[Path, dict[str, dict], dict]], margin: flo
         "cpu": context.get("cpu"),
         "runs": len(results),
         "note": "Written by `make bench-baseline` (python -m tests.benchmarks.gate --write-baseline); "
-        "ratio = median over the runs of kernel median / same-run reference median (the slowest run for a key "
-        "whose runs spread more than the margin). CI never rewrites it.",
+        "ratio = the slowest over the runs of kernel median / same-run reference median. CI never rewrites it.",
         "benchmarks": benchmarks,
     }
 
@@ -360,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--write-baseline",
         action="store_true",
-        help="write the baseline from the median ratio of each key over all RESULT files instead of gating; "
+        help="write the baseline from the slowest ratio of each key over all RESULT files instead of gating; "
         "refused when a key got slower than the current baseline by more than the margin",
     )
     parser.add_argument(
