@@ -96,7 +96,9 @@ def test_baseline_of_a_key_is_its_slowest_run(tmp_path):
     data = json.loads(path.read_text())["benchmarks"]
     assert data["steady-cpu"]["ratio"] == 2.4  # the slowest run: an unchanged kernel never fails
     assert data["bimodal-cpu"]["ratio"] == 3.6
-    assert data["bimodal-cpu"]["runs"] == [2.6, 2.6, 3.6, 2.6, 2.6] and data["bimodal-cpu"]["spread"] == 0.3846
+    assert (
+        data["bimodal-cpu"]["runs"] == [2.6, 2.6, 3.6, 2.6, 2.6] and data["bimodal-cpu"]["spread"] == 0.3846
+    )
 
 
 def test_baseline_refresh_refuses_to_absorb_a_regression(tmp_path, baseline, capsys):
