@@ -544,7 +544,7 @@ def _setting_differences(run_a: Path, run_b: Path) -> list[str]:
         return out
 
     a, b = settings(run_a), settings(run_b)
-    keys = ("steps", "warmup", "device", "nproc", "strategy", "threads", "device_name", "torch")
+    keys = ("steps", "warmup", "seeds", "device", "nproc", "strategy", "threads", "device_name", "torch")
     return [
         f"warning: {key} differs (A: {a.get(key)}, B: {b.get(key)}): the ratios compare unlike runs"
         for key in keys

@@ -276,10 +276,11 @@ def test_compare_warns_about_different_settings(tiny_run, capsys, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other)
     settings = json.loads((other / "run.json").read_text())
-    settings["steps"] = 120
+    settings["steps"], settings["seeds"] = 120, 3
     (other / "run.json").write_text(json.dumps(settings))
     assert main(["compare", str(tiny_run), str(other)]) == 0
-    assert "warning: steps differs (A: 6, B: 120)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "warning: steps differs (A: 6, B: 120)" in out and "warning: seeds differs (A: 1, B: 3)" in out
 
 
 def test_module_entry_point_help():
