@@ -305,3 +305,8 @@ def test_optimizer_by_name_rejects_an_unknown_name():
         ValueError, match="optimizer_name: expected one of adam, ademamix, lamb for Optimizer2State"
     ):
         optim.optimizer.Optimizer2State("sgd", [torch.nn.Parameter(torch.zeros(4))])
+
+
+def test_optimizer_by_name_rejects_bad_betas():
+    with pytest.raises(ValueError, match="betas: expected a tuple of at least 2 numbers, got 0.9"):
+        optim.optimizer.Optimizer1State("momentum", [torch.nn.Parameter(torch.zeros(4))], 0.1, 0.9)

@@ -68,6 +68,8 @@ class _ByName(Optimizer8bit):
                 f"optimizer_name: expected one of {', '.join(sorted(self._names))} for {type(self).__name__}, "
                 f"got {optimizer_name!r}"
             )
+        if not isinstance(betas, tuple | list) or len(betas) < 2:
+            raise ValueError(f"betas: expected a tuple of at least 2 numbers, got {betas!r}")
         family, arguments = self._names[optimizer_name]
         # The name is known only here (a subclass's constructor names it): become the combined class.
         self.__class__ = _combined(type(self), family)
