@@ -186,6 +186,19 @@ def check_on(device: torch.device, name: str, t: torch.Tensor | None) -> None:
         raise ValueError(f"{name}: expected a contiguous tensor (the kernels read raw memory)")
 
 
+def check_no_overlap(**tensors: torch.Tensor) -> None:
+    """No two of these (contiguous) tensors share memory: a kernel writing one would corrupt another."""
+    spans = [
+        (name, t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+        for name, t in tensors.items()
+        if t.numel() and t.device.type != "meta"
+    ]
+    for i, (a, a0, a1) in enumerate(spans):
+        for b, b0, b1 in spans[i + 1 :]:
+            if a0 < b1 and b0 < a1:
+                raise ValueError(f"{a} and {b}: share memory; pass separate buffers (outputs are written)")
+
+
 def check_buffer(device: torch.device, name: str, t: torch.Tensor, dtype: torch.dtype, numel: int) -> None:
     """``t`` is a contiguous ``numel``-element ``dtype`` tensor on ``device``."""
     check_on(device, name, t)

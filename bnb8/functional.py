@@ -257,6 +257,7 @@ def quantize_blockwise(
     nblocks = (A.numel() + blocksize - 1) // blocksize
     absmax = _native.output_buffer(absmax, "absmax", (nblocks,), torch.float32, A.device)
     out = _native.output_buffer(out, "out", A.shape, torch.uint8, A.device)
+    _native.check_no_overlap(A=A, out=out, absmax=absmax)
     thresholds, bucket_lo = code_search_tables(code)
     # NaN/Inf in A is found by the kernel itself (a NaN absmax), not by an extra pass over A: the
     # error comes after it ran, so out/absmax passed in then hold that call's codes (README).
@@ -340,6 +341,7 @@ def dequantize_blockwise(
         )
     _native.check_same_device(A, absmax=scales, code=qs.code)
     out = _native.output_buffer(out, "out", A.shape, qs.dtype, A.device, any_float=True)
+    _native.check_no_overlap(A=A, absmax=scales, code=qs.code, out=out)
     _ops.dequantize_blockwise_(
         A.contiguous().view(-1),
         scales.contiguous(),

@@ -260,3 +260,21 @@ def test_numpy_blocksize_and_non_bool_nested():
     assert torch.equal(codes, plain_codes) and torch.equal(state.absmax, plain_state.absmax)
     with pytest.raises(TypeError, match="nested: expected True or False, got 'no'"):
         F.quantize_blockwise(x, nested="no")
+
+
+def test_buffers_that_share_memory_with_the_input_or_each_other_are_rejected():
+    x = torch.randn(1000)
+    before = x.clone()
+    with pytest.raises(ValueError, match="A and absmax: share memory"):
+        F.quantize_blockwise(x, absmax=x[:4], blocksize=256)
+    with pytest.raises(ValueError, match="A and out: share memory"):
+        F.quantize_blockwise(x, out=x.view(torch.uint8)[:1000], blocksize=256)
+    buf = torch.zeros(1100, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="out and absmax: share memory"):
+        F.quantize_blockwise(x, out=buf[:1000], absmax=buf[992:1008].view(torch.float32), blocksize=256)
+    assert torch.equal(x, before)
+    codes, state = F.quantize_blockwise(x, blocksize=256)
+    shared = torch.zeros(1000)
+    shared[996:] = state.absmax
+    with pytest.raises(ValueError, match="absmax and out: share memory"):
+        F.dequantize_blockwise(codes, absmax=shared[996:], out=shared, blocksize=256)

@@ -553,3 +553,113 @@ def test_explicit_override_wins_over_a_module_override():
     config = opt.get_config(0, 0, opt.param_groups[0])
     assert config["lr"] == 1e-5 and config["optim_bits"] == 32
     assert opt.state[layer.weight]["state1"].dtype == torch.float32
+
+
+# -- corrupt or foreign state dicts are rejected at load, never half-applied at step (atomicity audit) ---
+def _quant(sd, i=0):
+    return sd["state"][i]["__bnb_optimizer_quant_state__"]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "match"),
+    [
+        (lambda sd: _quant(sd)["absmax1"].__setitem__(0, float("nan")), "absmax1 holds negative or NaN"),
+        (lambda sd: _quant(sd)["absmax2"].mul_(-1), "absmax2 holds negative or NaN"),
+        (
+            lambda sd: _quant(sd).__setitem__("qmap1", _quant(sd)["qmap1"].flip(0)),
+            "qmap1: the 256 code values must be sorted",
+        ),
+        (lambda sd: _quant(sd)["qmap2"].__setitem__(5, float("nan")), "qmap2: the code table holds NaN"),
+        (lambda sd: sd["state"][0].__setitem__("step", 2**31), "step must be an integer in 0..2"),
+    ],
+)
+def test_corrupt_quantization_state_is_rejected_at_load(corrupt, match):
+    p, opt = trained()
+    sd = copy.deepcopy(opt.state_dict())
+    corrupt(sd)
+    snap = snapshot(p, opt)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(sd)
+    assert_unchanged(p, opt, snap)
+
+
+def test_clipping_history_of_the_wrong_size_is_rejected_at_load():
+    p, opt = trained(percentile_clipping=90)
+    sd = copy.deepcopy(opt.state_dict())
+    assert "gnorm_vec" in _quant(sd)
+    _quant(sd)["gnorm_vec"] = torch.zeros(0)
+    with pytest.raises(ValueError, match="gnorm_vec must be 100 float values, got 0 values"):
+        opt.load_state_dict(sd)
+
+
+def test_another_familys_state_dict_is_rejected():
+    _, adam = trained()
+    p, lion = trained(cls=bnb8.optim.Lion8bit)
+    snap = snapshot(p, lion)
+    with pytest.raises(ValueError, match="state2 is not a state of Lion8bit .* another optimizer"):
+        lion.load_state_dict(adam.state_dict())
+    assert_unchanged(p, lion, snap)
+
+
+def test_settings_must_be_finite_and_switches_bools():
+    params = [torch.nn.Parameter(torch.zeros(8))]
+    for kwargs, match in (
+        (dict(lr=math.inf), "lr=inf"),
+        (dict(eps=math.inf), "eps=inf"),
+        (dict(weight_decay=math.inf), "weight_decay=inf"),
+        (dict(max_unorm=math.inf), "max_unorm: expected a finite number"),
+        (dict(maximize="yes"), "maximize: expected True or False, got str 'yes'"),
+        (dict(skip_zeros=2), "skip_zeros: expected True or False, got int 2"),
+        (dict(amsgrad="yes"), "amsgrad: expected True or False"),
+        (dict(block_wise="no"), "block_wise: expected True or False"),
+        (dict(is_paged="no"), "is_paged: expected True or False"),
+    ):
+        with pytest.raises((TypeError, ValueError), match=match):
+            bnb8.optim.Adam(params, optim_bits=8, **kwargs)
+    with pytest.raises(TypeError, match="nesterov: expected True or False"):
+        bnb8.optim.SGD(params, lr=0.1, momentum=0.9, nesterov="yes")
+
+
+def test_bad_override_is_reported_with_its_origin_and_applied_all_or_nothing():
+    mng = bnb8.optim.GlobalOptimManager.get_instance()
+    p = torch.nn.Parameter(torch.randn(5000))
+    with pytest.raises(TypeError, match="expected parameters"):
+        mng.override_config([p, "x"], "lr", 0.5)
+    assert mng.overrides_for(0, 0, p) == {}  # the valid first entry was not changed either
+    opt = bnb8.optim.Adam8bit([p])
+    mng.override_config(p, "optim_bits", 7)
+    p.grad = torch.randn_like(p)
+    with pytest.raises(
+        ValueError, match=r"override \{'optim_bits': 7\} for a parameter of shape \(5000,\): optim_bits"
+    ):
+        opt.step()
+    layer = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="Linear has no tensor 'wieght' \\(its parameters: weight, bias\\)"):
+        mng.register_module_override(layer, "wieght", {"optim_bits": 32})
+
+
+def test_param_groups_that_are_not_groups_get_clear_errors():
+    p, q = torch.nn.Parameter(torch.randn(10)), torch.nn.Parameter(torch.randn(10))
+    opt = bnb8.optim.Adam8bit([p])
+    with pytest.raises(TypeError, match="param_group: expected a dict with 'params'"):
+        opt.add_param_group({"lr": 0.1})
+    with pytest.raises(ValueError, match=r"\['momentum'\] not a setting of Adam8bit"):
+        opt.add_param_group({"params": [q], "momentum": 0.9})
+    del opt.param_groups[0]["lr"]
+    p.grad = torch.randn_like(p)
+    with pytest.raises(ValueError, match=r"param group: missing setting\(s\) \['lr'\] of Adam8bit"):
+        opt.step()
+
+
+def test_per_parameter_hooks_check_their_indices():
+    p, q = torch.nn.Parameter(torch.randn(10)), torch.nn.Parameter(torch.randn(10))
+    opt = bnb8.optim.Adam8bit([p])
+    p.grad = q.grad = torch.randn(10)
+    group = opt.param_groups[0]
+    with pytest.raises(ValueError, match="gindex=5, pindex=9: not a parameter group and index"):
+        opt.update_step(group, p, 5, 9)
+    with pytest.raises(ValueError, match="p: not parameter 0 of parameter group 0"):
+        opt.update_step(group, q, 0, 0)
+    with pytest.raises(ValueError, match="gindex=0, pindex=0: not a parameter group"):
+        opt.init_state({"params": [p]}, p, 0, 0)
+    assert not opt.state

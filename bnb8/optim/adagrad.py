@@ -19,6 +19,7 @@ from bnb8.optim.optimizer import (
 
 class Adagrad(Optimizer8bit):
     optimizer_name = "adagrad"  # bitsandbytes' name of the algorithm
+    max_states = 1
     __doc__ = """Adagrad (Duchi et al., 2011) with 8-bit (``optim_bits=8``) or 32-bit state.
 
     As ``torch.optim.Adagrad``: with ``g = grad + weight_decay * p``, the sum ``s += g^2`` (starting at

@@ -81,10 +81,6 @@ class _AdamBase(Optimizer8bit):
         check_eps(group["eps"])
         check_weight_decay(group["weight_decay"])
         check_betas(group["betas"])
-        if not isinstance(group["decoupled_weight_decay"], bool):
-            raise TypeError(
-                f"decoupled_weight_decay: expected True or False, got {group['decoupled_weight_decay']!r}"
-            )
         if group.get("amsgrad") and group["optim_bits"] == 8:
             raise ValueError(
                 "amsgrad=True is implemented with 32-bit state only: pass optim_bits=32 (or use Adam32bit)"

@@ -106,6 +106,11 @@ class Optimizer2State(_ByName):
         t_alpha: int | None = None,
         t_beta3: int | None = None,
     ) -> None:
+        if optimizer_name != "ademamix" and (alpha != 0.0 or t_alpha is not None or t_beta3 is not None):
+            raise ValueError(
+                f"alpha, t_alpha, t_beta3: AdEMAMix settings, not used by {optimizer_name!r}; leave them out "
+                f"(got {alpha!r}, {t_alpha!r}, {t_beta3!r})"
+            )
         self._init_family(
             optimizer_name, params, lr, betas, eps, weight_decay,
             dict(alpha=alpha, t_alpha=t_alpha, t_beta3=t_beta3),

@@ -21,6 +21,7 @@ from bnb8.optim.optimizer import (
 
 class LAMB(Optimizer8bit):
     optimizer_name = "lamb"  # bitsandbytes' name of the algorithm
+    max_states = 2
     __doc__ = """LAMB (You et al., 2020, "Large Batch Optimization for Deep Learning"), 8-bit or 32-bit state.
 
     Per parameter tensor: Adam's direction plus weight decay, ``u = m_hat / (sqrt(v_hat) + eps) +
@@ -68,12 +69,12 @@ class LAMB(Optimizer8bit):
     ) -> None:
         defaults = dict(
             lr=lr,
-            bias_correction=bool(bias_correction),
+            bias_correction=bias_correction,
             betas=as_tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
             amsgrad=amsgrad,
-            adam_w_mode=bool(adam_w_mode),
+            adam_w_mode=adam_w_mode,
         )
         super().__init__(params, defaults, **common_args(locals()))
 

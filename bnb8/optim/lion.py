@@ -17,6 +17,7 @@ from bnb8.optim.optimizer import (
 
 class Lion(Optimizer8bit):
     optimizer_name = "lion"  # bitsandbytes' name of the algorithm
+    max_states = 1
     __doc__ = """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), 8-bit or 32-bit state.
 
     ``u = sign(beta1 * m + (1 - beta1) * g)``, ``p = p * (1 - lr * weight_decay) - lr * u``, then

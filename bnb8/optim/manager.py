@@ -127,11 +127,11 @@ class GlobalOptimManager:
             raise ValueError(
                 f"override_config: unknown key(s) {sorted(unknown)}; expected some of {sorted(OVERRIDABLE_KEYS)}"
             )
-        if isinstance(parameters, torch.Tensor):
-            parameters = [parameters]
-        for p in parameters:
+        parameters = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+        for p in parameters:  # all checked before any is changed
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"override_config: expected parameters (tensors), got {type(p).__name__}")
+        for p in parameters:
             self._overrides_of(p, create=True).update(key_value_dict)
 
     def register_module_override(
@@ -141,6 +141,12 @@ class GlobalOptimManager:
         unknown = set(config) - OVERRIDABLE_KEYS
         if unknown:
             raise ValueError(f"register_module_override: unknown key(s) {sorted(unknown)}")
+        if not isinstance(getattr(module, param_name, None), torch.Tensor):  # a typo would never apply
+            names = ", ".join(n for n, _ in module.named_parameters(recurse=False)) or "none"
+            raise ValueError(
+                f"register_module_override: {type(module).__name__} has no tensor {param_name!r} "
+                f"(its parameters: {names})"
+            )
         self._module_overrides.append((weakref.ref(module), param_name, dict(config)))
 
     # -- lookup (used by the optimizers) ------------------------------------------------------------

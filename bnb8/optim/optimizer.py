@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from bnb8 import _native, _ops
-from bnb8.functional import code_search_tables, dynamic_map
+from bnb8.functional import _check_code, code_search_tables, dynamic_map
 from bnb8.optim import _distributed
 from bnb8.optim.manager import GlobalOptimManager
 
@@ -122,28 +122,44 @@ def _check_common(cfg: dict[str, Any]) -> None:
     if isinstance(pc, bool) or not isinstance(pc, numbers.Integral) or not 1 <= pc <= 100:
         raise ValueError(f"percentile_clipping: expected an integer in 1..100 (100 = off), got {pc!r}")
     check_real("max_unorm", cfg["max_unorm"])
-    if not cfg["max_unorm"] >= 0.0:
-        raise ValueError(f"max_unorm: expected >= 0 (0 = off), got {cfg['max_unorm']!r}")
+    if not 0.0 <= cfg["max_unorm"] < math.inf:
+        raise ValueError(f"max_unorm: expected a finite number >= 0 (0 = off), got {cfg['max_unorm']!r}")
+    for key in FLAG_KEYS & cfg.keys():
+        check_flag(key, cfg[key])
+
+
+# Settings that are switches: True or False, nothing else ("no" is truthy).
+FLAG_KEYS = frozenset(
+    {"maximize", "skip_zeros", "nesterov", "amsgrad", "centered", "bias_correction", "adam_w_mode",
+     "decoupled_weight_decay"}
+)  # fmt: skip
+
+
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
 
 
 def check_lr(lr: Any) -> None:
     if isinstance(lr, torch.Tensor):
         raise ValueError("lr: a tensor learning rate is not supported; pass a float")
     check_real("lr", lr)
-    if not lr >= 0.0:
-        raise ValueError(f"Invalid learning rate: lr={lr!r} (expected >= 0)")
+    if not 0.0 <= lr < math.inf:
+        raise ValueError(f"Invalid learning rate: lr={lr!r} (expected a finite number >= 0)")
 
 
 def check_eps(eps: Any) -> None:
     check_real("eps", eps)
-    if not eps >= 0.0:
-        raise ValueError(f"Invalid epsilon value: eps={eps!r} (expected >= 0)")
+    if not 0.0 <= eps < math.inf:
+        raise ValueError(f"Invalid epsilon value: eps={eps!r} (expected a finite number >= 0)")
 
 
 def check_weight_decay(weight_decay: Any) -> None:
     check_real("weight_decay", weight_decay)
-    if not weight_decay >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: weight_decay={weight_decay!r} (expected >= 0)")
+    if not 0.0 <= weight_decay < math.inf:
+        raise ValueError(
+            f"Invalid weight_decay value: weight_decay={weight_decay!r} (expected a finite number >= 0)"
+        )
 
 
 def check_betas(betas: Any, count: int = 2) -> None:
@@ -201,6 +217,8 @@ class Optimizer8bit(torch.optim.Optimizer):
                     common[key] = getattr(args, key)
             block_wise = getattr(args, "block_wise", block_wise)
             is_paged = getattr(args, "is_paged", is_paged)
+        check_flag("block_wise", block_wise)
+        check_flag("is_paged", is_paged)
         if not block_wise:
             raise ValueError(
                 "block_wise=False (one scale per tensor) is not supported: bnb8 always quantizes optimizer "
@@ -220,6 +238,7 @@ class Optimizer8bit(torch.optim.Optimizer):
     # bitsandbytes' names for what some user code inspects: the family's name ("adam", "momentum", ...)
     # and the state keys that must not be cast with the parameter's dtype.
     optimizer_name: str = ""
+    max_states = 3  # state1..state3 under some setting of the family (a saved state beyond is foreign)
     non_castable_tensor_keys = frozenset(
         {"qmap1", "qmap2", "qmap3", "max1", "max2", "new_max1", "new_max2", "state1", "state2", "state3",
          "gnorm_vec", "unorm_vec", "absmax1", "absmax2", "absmax3"}
@@ -245,6 +264,11 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def _check_settings(self, cfg: dict[str, Any]) -> None:
         """Raise for an invalid setting, common or of this family."""
+        # (torch's own flags are left out: its __setstate__ adds `differentiable` to defaults only)
+        needed = set(getattr(self, "defaults", ())) - {"differentiable", "foreach", "fused", "capturable"}
+        missing = sorted(k for k in needed if k not in cfg)
+        if missing:  # a hand-edited param group, or a group passed to update_step that is not one
+            raise ValueError(f"param group: missing setting(s) {missing} of {type(self).__name__}")
         _check_common(cfg)
         self._check_group(cfg)
 
@@ -294,6 +318,16 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     # -- param groups -------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(
+                f"param_group: expected a dict with 'params' (and optional settings), got {param_group!r:.80}"
+            )
+        foreign = sorted(k for k in param_group if k in OPTIMIZER_SETTINGS and k not in self.defaults)
+        if foreign:  # another optimizer's setting (momentum on Adam): it would be ignored
+            raise ValueError(
+                f"param_group: {foreign} not a setting of {type(self).__name__} (its settings: "
+                f"{', '.join(sorted(self.defaults))})"
+            )
         params = param_group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
         if not params:
@@ -330,7 +364,12 @@ class Optimizer8bit(torch.optim.Optimizer):
                 f"GlobalOptimManager override block_wise={overrides['block_wise']!r} for a parameter of shape "
                 f"{tuple(p.shape)}: bnb8 always quantizes in blocks of 256; drop the override"
             )
-        self._check_settings(cfg)
+        try:
+            self._check_settings(cfg)
+        except (TypeError, ValueError) as e:  # say where the bad value came from
+            raise type(e)(
+                f"GlobalOptimManager override {overrides} for a parameter of shape {tuple(p.shape)}: {e}"
+            ) from None
         return cfg
 
     @staticmethod
@@ -552,6 +591,7 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
         """Create parameter ``p``'s missing states (8-bit or float32 as its settings decide)."""
+        self._check_indices(group, p, gindex, pindex)
         self._init_state(p, self._config(gindex, pindex, group, p))
 
     def prefetch_state(self, p: torch.Tensor) -> None:
@@ -564,7 +604,17 @@ class Optimizer8bit(torch.optim.Optimizer):
     @torch.no_grad()
     def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
         """One step for parameter ``p`` alone (index ``pindex`` of group ``gindex``)."""
+        self._check_indices(group, p, gindex, pindex)
         self._update([(gindex, group, [(pindex, p)])])
+
+    def _check_indices(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        groups = self.param_groups
+        if not (0 <= gindex < len(groups) and groups[gindex] is group and 0 <= pindex < len(group["params"])):
+            raise ValueError(
+                f"gindex={gindex}, pindex={pindex}: not a parameter group and index of this optimizer"
+            )
+        if group["params"][pindex] is not p:
+            raise ValueError(f"p: not parameter {pindex} of parameter group {gindex}")
 
     def _gradient_scales(self, members: list, grads: list[torch.Tensor]) -> torch.Tensor | None:
         cfg = members[0][1]
@@ -804,8 +854,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         out: dict[str, Any] = {}
         step = saved["step"]
         step = step.item() if isinstance(step, torch.Tensor) else step
-        if isinstance(step, bool) or not float(step).is_integer() or step < 0:
-            raise ValueError(f"{where}: step must be a non-negative integer, got {step!r}")
+        if isinstance(step, bool) or not float(step).is_integer() or not 0 <= step < 2**31 - 1:
+            raise ValueError(
+                f"{where}: step must be an integer in 0..2**31-2 (the kernels count in int32), got {step!r}"
+            )
         out["step"] = int(step)
         nblocks = _distributed.absmax_numel(p)  # sharded (DTensor) params: layout in _distributed
         for k in (1, 2, 3):
@@ -824,6 +876,11 @@ class Optimizer8bit(torch.optim.Optimizer):
                     )
                 if not isinstance(qmap, torch.Tensor) or qmap.numel() != 256:
                     raise ValueError(f"{where}: 8-bit state{k} needs qmap{k} with 256 values")
+                _check_code(qmap.detach().float().cpu(), torch.device("cpu"), f"{where}: qmap{k}")
+                if not bool(
+                    (absmax.detach().float() >= 0).all()
+                ):  # NaN fails too; +inf is an overflowed state
+                    raise ValueError(f"{where}: absmax{k} holds negative or NaN values (scales are >= 0)")
                 if id(qmap) not in shared:
                     shared[id(qmap)] = qmap.detach().to(p.device, torch.float32).clone()
                 out[f"state{k}"] = _distributed.load_state(s, p, torch.uint8, where)
@@ -833,9 +890,18 @@ class Optimizer8bit(torch.optim.Optimizer):
                 out[f"state{k}"] = _distributed.load_state(s, p, torch.float32, where)
             else:
                 raise ValueError(f"{where}: state{k} has dtype {s.dtype}, expected uint8 or float32")
-        for key in ("gnorm_vec", "unorm_vec"):
-            if isinstance(saved.get(key), torch.Tensor):
-                out[key] = saved[key].detach().to(p.device, torch.float32).clone()
+        for key, size in (("gnorm_vec", GNORM_HISTORY), ("unorm_vec", 1)):
+            if key not in saved:
+                continue
+            value = saved[key]
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.numel() != size:
+                got = (
+                    f"{value.numel()} values of {value.dtype}"
+                    if isinstance(value, torch.Tensor)
+                    else repr(value)
+                )
+                raise ValueError(f"{where}: {key} must be {size} float values, got {got}")
+            out[key] = value.detach().to(p.device, torch.float32).clone()
         # The states must be complete after the first step (a missing moment would restart at zero
         # under a bias correction for `step` steps: huge updates) and of one kind (one native call).
         kinds = self._state_kinds(cfg)
@@ -844,6 +910,12 @@ class Optimizer8bit(torch.optim.Optimizer):
         missing = [key for key, _ in kinds if key not in out and not self._may_start_late(key)]
         if out["step"] > 0 and missing:
             raise ValueError(f"{where}: step is {out['step']} but {', '.join(missing)} is missing")
+        extra = [key for key in present if int(key[5:]) > self.max_states]
+        if extra:  # another family's state dict (Adam's second moment loaded into Lion)
+            raise ValueError(
+                f"{where}: {', '.join(extra)} is not a state of {type(self).__name__} (it keeps at most "
+                f"{self.max_states}); is this the state dict of another optimizer?"
+            )
         if len(kinds_present) > 1:
             raise ValueError(f"{where}: states {present} are not all of one kind (all 8-bit or all 32-bit)")
         if torch.uint8 in kinds_present and any(signed is None for _, signed in kinds):

@@ -62,7 +62,7 @@ class RMSprop(Optimizer8bit):
         is_paged: bool = False,
     ) -> None:
         defaults = dict(
-            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=bool(centered)
+            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered
         )
         super().__init__(params, defaults, **common_args(locals()))
 

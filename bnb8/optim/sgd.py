@@ -24,6 +24,7 @@ def check_momentum(group: dict[str, Any]) -> None:
 
 class SGD(Optimizer8bit):
     optimizer_name = "momentum"  # bitsandbytes' name of the algorithm
+    max_states = 1
     __doc__ = """Stochastic gradient descent with momentum, 8-bit (``optim_bits=8``) or 32-bit buffer.
 
     As ``torch.optim.SGD``: with ``g = grad + weight_decay * p``, the buffer is ``b = g`` on the first
@@ -68,7 +69,7 @@ class SGD(Optimizer8bit):
         is_paged: bool = False,
     ) -> None:
         defaults = dict(
-            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=bool(nesterov)
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
         )
         super().__init__(params, defaults, **common_args(locals()))
 
