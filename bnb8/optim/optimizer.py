@@ -386,7 +386,6 @@ class Optimizer8bit(torch.optim.Optimizer):
     def _search_tables(self, qmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         entry = self._search.get(id(qmap))
         if entry is None or entry[0] is not qmap:
-            _check_code(qmap, qmap.device, "optimizer state: qmap")  # a table replaced by hand, too
             entry = (qmap, *code_search_tables(qmap))
             self._search[id(qmap)] = entry
         return entry[1], entry[2]
@@ -451,19 +450,6 @@ class Optimizer8bit(torch.optim.Optimizer):
                 raise RuntimeError(
                     f"optimizer state is on {s1.device} but its parameter is on {p.device}; move the model "
                     "before creating the optimizer, or load_state_dict again after moving it"
-                )
-        if state:  # what the update would fail on half-way, found before anything changes
-            if not 0 <= state.get("step", 0) < 2**31 - 2:
-                raise RuntimeError(
-                    f"optimizer state: step {state['step']} is out of the kernels' int32 range"
-                )
-            for k in (1, 2, 3):
-                if f"qmap{k}" in state:
-                    self._search_tables(state[f"qmap{k}"])  # cached; a replaced, invalid table raises here
-            history = state.get("gnorm_vec")
-            if history is not None and history.numel() != GNORM_HISTORY:
-                raise RuntimeError(
-                    f"optimizer state: gnorm_vec has {history.numel()} values, expected {GNORM_HISTORY}"
                 )
 
     def _unnest_assigned_state(self, gi: int, pi: int, p: torch.Tensor, cfg: dict[str, Any]) -> None:
