@@ -197,9 +197,8 @@ def fixed_variant(base: type, name: str, bits: int | None = None, paged: bool = 
             given[key] = value
         base.__init__(self, **given)
 
-    __init__.__signature__ = _with_defaults(
-        signature, **fixed
-    )  # what inspect shows: the fixed values as defaults
+    # What inspect shows: the fixed values as defaults.
+    __init__.__signature__ = _with_defaults(signature, **fixed)
     what = "" if bits is None else f" with {bits}-bit optimizer state"
     paging = " with paged state (CUDA unified memory; a no-op on the CPU)" if paged else ""
     doc = f"{base.__name__}{what}{paging}. Arguments as :class:`{base.__name__}`."

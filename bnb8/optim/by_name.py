@@ -24,13 +24,18 @@ from bnb8.optim.optimizer import Optimizer8bit
 from bnb8.optim.rmsprop import RMSprop
 from bnb8.optim.sgd import LARS, SGD
 
+
+def _as_given(lr, b, eps, wd, x):
+    return dict(lr=lr, betas=b, eps=eps, weight_decay=wd)
+
+
 # name -> (family, its arguments from bitsandbytes' (lr, betas, eps, weight_decay, extra)). bitsandbytes'
 # classes pass their own hyper-parameters through betas: SGD/LARS (momentum, dampening), RMSprop
 # (alpha, momentum); its "adam" decays decoupled, as AdamW.
 _TWO_STATES = {
-    "adam": (AdamW, lambda lr, b, eps, wd, x: dict(lr=lr, betas=b, eps=eps, weight_decay=wd)),
-    "lamb": (LAMB, lambda lr, b, eps, wd, x: dict(lr=lr, betas=b, eps=eps, weight_decay=wd)),
-    "ademamix": (AdEMAMix, lambda lr, b, eps, wd, x: dict(lr=lr, betas=b, eps=eps, weight_decay=wd, **x)),
+    "adam": (AdamW, _as_given),
+    "lamb": (LAMB, _as_given),
+    "ademamix": (AdEMAMix, lambda lr, b, eps, wd, x: {**_as_given(lr, b, eps, wd, x), **x}),
 }
 _ONE_STATE = {
     "momentum": (SGD, lambda lr, b, eps, wd, x: dict(lr=lr, momentum=b[0], dampening=b[1], weight_decay=wd)),

@@ -97,11 +97,8 @@ class GlobalOptimManager:
             group_params = [group_params] if isinstance(group_params, torch.Tensor) else group_params
             for pi, p in enumerate(group_params):
                 found = self._overrides_of(p)
-                if found is not None:
-                    self._by_position[(gi, pi)] = (
-                        tuple(p.shape),
-                        found,
-                    )  # the same dict: later ones apply too
+                if found is not None:  # the same dict: overrides given later apply too
+                    self._by_position[(gi, pi)] = (tuple(p.shape), found)
 
     def override_config(
         self,

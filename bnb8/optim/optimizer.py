@@ -111,6 +111,18 @@ def as_tuple(betas: Any) -> Any:
     return tuple(betas) if isinstance(betas, tuple | list) else betas
 
 
+# Settings that are switches: True or False, nothing else ("no" is truthy).
+FLAG_KEYS = frozenset(
+    {"maximize", "skip_zeros", "nesterov", "amsgrad", "centered", "bias_correction", "adam_w_mode",
+     "decoupled_weight_decay"}
+)  # fmt: skip
+
+
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+
+
 def _check_common(cfg: dict[str, Any]) -> None:
     bits = cfg["optim_bits"]
     if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits not in (8, 32):
@@ -126,18 +138,6 @@ def _check_common(cfg: dict[str, Any]) -> None:
         raise ValueError(f"max_unorm: expected a finite number >= 0 (0 = off), got {cfg['max_unorm']!r}")
     for key in FLAG_KEYS & cfg.keys():
         check_flag(key, cfg[key])
-
-
-# Settings that are switches: True or False, nothing else ("no" is truthy).
-FLAG_KEYS = frozenset(
-    {"maximize", "skip_zeros", "nesterov", "amsgrad", "centered", "bias_correction", "adam_w_mode",
-     "decoupled_weight_decay"}
-)  # fmt: skip
-
-
-def check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
 
 
 def check_lr(lr: Any) -> None:
@@ -188,6 +188,14 @@ class Optimizer8bit(torch.optim.Optimizer):
     # The torch.optim class's state keys and the bnb8 states they are (exp_avg -> state1, ...), so a
     # torch.optim state dict of the same algorithm loads (as 32-bit state).
     torch_state_keys: dict[str, str] = {}
+    # bitsandbytes' names for what some user code inspects: the family's name ("adam", "momentum", ...)
+    # and the state keys that must not be cast with the parameter's dtype.
+    optimizer_name: str = ""
+    max_states = 3  # state1..state3 under some setting of the family (a saved state beyond is foreign)
+    non_castable_tensor_keys = frozenset(
+        {"qmap1", "qmap2", "qmap3", "max1", "max2", "new_max1", "new_max2", "state1", "state2", "state3",
+         "gnorm_vec", "unorm_vec", "absmax1", "absmax2", "absmax3"}
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -234,15 +242,6 @@ class Optimizer8bit(torch.optim.Optimizer):
         self._check_settings(defaults)
         self._init_caches()
         super().__init__(params, defaults)
-
-    # bitsandbytes' names for what some user code inspects: the family's name ("adam", "momentum", ...)
-    # and the state keys that must not be cast with the parameter's dtype.
-    optimizer_name: str = ""
-    max_states = 3  # state1..state3 under some setting of the family (a saved state beyond is foreign)
-    non_castable_tensor_keys = frozenset(
-        {"qmap1", "qmap2", "qmap3", "max1", "max2", "new_max1", "new_max2", "state1", "state2", "state3",
-         "gnorm_vec", "unorm_vec", "absmax1", "absmax2", "absmax3"}
-    )  # fmt: skip
 
     @property
     def name2qmap(self) -> dict[str, torch.Tensor]:
@@ -596,10 +595,14 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def prefetch_state(self, p: torch.Tensor) -> None:
         """Start moving a paged optimizer's states of ``p`` to the GPU; nothing otherwise."""
-        if self.is_paged and p.device.type == "cuda":
+        self._prefetch_paged([v for v in self.state[p].values() if isinstance(v, torch.Tensor)], p.device)
+
+    def _prefetch_paged(self, tensors: list[torch.Tensor], device: torch.device) -> None:
+        """A paged optimizer on CUDA starts moving these states' pages to ``device`` (no-op otherwise)."""
+        if self.is_paged and device.type == "cuda":
             from bnb8 import paged
 
-            paged.prefetch([v for v in self.state[p].values() if isinstance(v, torch.Tensor)], p.device)
+            paged.prefetch(tensors, device)
 
     @torch.no_grad()
     def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
@@ -671,10 +674,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 qmaps.append(qmap)
                 thresholds.append(thr)
                 buckets.append(lo if lo is not None else torch.empty(0, dtype=torch.int32, device=device))
-        if self.is_paged and device.type == "cuda":
-            from bnb8 import paged
-
-            paged.prefetch([s for per_state in states for s in per_state], device)
+        self._prefetch_paged([s for per_state in states for s in per_state], device)
         scales = self._gradient_scales(members, grads)
         pad = [[]] * (3 - n_states)
         state_args = [*states, *pad]
@@ -876,12 +876,11 @@ class Optimizer8bit(torch.optim.Optimizer):
                     )
                 if not isinstance(qmap, torch.Tensor) or qmap.numel() != 256:
                     raise ValueError(f"{where}: 8-bit state{k} needs qmap{k} with 256 values")
-                _check_code(qmap.detach().float().cpu(), torch.device("cpu"), f"{where}: qmap{k}")
-                if not bool(
-                    (absmax.detach().float() >= 0).all()
-                ):  # NaN fails too; +inf is an overflowed state
+                # NaN fails `>= 0` too; +inf is a state that overflowed in training.
+                if not bool((absmax.detach().float() >= 0).all()):
                     raise ValueError(f"{where}: absmax{k} holds negative or NaN values (scales are >= 0)")
-                if id(qmap) not in shared:
+                if id(qmap) not in shared:  # checked and copied once per saved table (parameters share it)
+                    _check_code(qmap.detach().float().cpu(), torch.device("cpu"), f"{where}: qmap{k}")
                     shared[id(qmap)] = qmap.detach().to(p.device, torch.float32).clone()
                 out[f"state{k}"] = _distributed.load_state(s, p, torch.uint8, where)
                 out[f"absmax{k}"] = _distributed.load_absmax(absmax, p, where)
