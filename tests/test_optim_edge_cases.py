@@ -34,6 +34,16 @@ def trained(cls=bnb8.optim.Adam8bit, n=5000, steps=2, seed=0, **kwargs):
     return p, opt
 
 
+def continues_alike(ref, p_ref, opt, p, steps=3):
+    """Three more steps of both optimizers on the same gradients end on the same parameters."""
+    for _ in range(steps):
+        g = torch.randn(p.shape)
+        p_ref.grad, p.grad = g, g.clone()
+        ref.step()
+        opt.step()
+    torch.testing.assert_close(p.detach(), p_ref.detach(), rtol=1e-5, atol=1e-6)
+
+
 def snapshot(p, opt):
     state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
     return p.detach().clone(), state, copy.deepcopy(opt.param_groups[0]["lr"])
@@ -122,12 +132,7 @@ def test_torch_adam_state_dict_loads_and_continues_like_torch(amsgrad):
     opt = bnb8.optim.Adam([p], lr=1e-2, amsgrad=amsgrad)
     opt.load_state_dict(ref.state_dict())
     assert opt.state[p]["step"] == 5 and opt.state[p]["state1"].dtype == torch.float32
-    for _ in range(3):
-        g = torch.randn(3000)
-        p_ref.grad, p.grad = g, g.clone()
-        ref.step()
-        opt.step()
-    torch.testing.assert_close(p.detach(), p_ref.detach(), rtol=1e-5, atol=1e-6)
+    continues_alike(ref, p_ref, opt, p)
 
 
 def test_state_dict_keeps_scheduler_and_user_keys_of_param_groups():
@@ -523,12 +528,7 @@ def test_torch_state_dicts_of_other_families_load_and_continue_like_torch(ours, 
     p = torch.nn.Parameter(p_ref.detach().clone())
     opt = ours([p])
     opt.load_state_dict(ref.state_dict())
-    for _ in range(3):
-        g = torch.randn(3000)
-        p_ref.grad, p.grad = g, g.clone()
-        ref.step()
-        opt.step()
-    torch.testing.assert_close(p.detach(), p_ref.detach(), rtol=1e-5, atol=1e-6)
+    continues_alike(ref, p_ref, opt, p)
 
 
 def test_meta_parameter_is_a_clear_error_at_step():
