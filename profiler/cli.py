@@ -340,11 +340,11 @@ def _write_reports(run_dir: Path) -> int:
     except Exception as error:  # the rows and the summary matter more than a picture
         print(f"warning: plots not written: {type(error).__name__}: {error}", file=sys.stderr)
         made = []
-    summary = report.write_summary(run_dir, made)
+    incomplete = report.incomplete_note(run_dir)  # reads the recorded suite back: once, for both uses
+    summary = report.write_summary(run_dir, made, incomplete)
     print()
     print(report.terminal_summary(run_dir))
     print(f"\nreport: {summary}" + "".join(f"\nplot:   {p}" for p in made))
-    incomplete = report.incomplete_note(run_dir)
     if incomplete:
         print(f"warning: {incomplete}", file=sys.stderr)
     return 0

@@ -417,14 +417,14 @@ def incomplete_note(run_dir: Path) -> str | None:
     )
 
 
-def write_summary(run_dir: Path, plots: list[Path]) -> Path:
-    """``summary.md``: settings, memory / speed / accuracy tables, failures, plots."""
+def write_summary(run_dir: Path, plots: list[Path], incomplete: str | None) -> Path:
+    """``summary.md``: settings, memory / speed / accuracy tables, failures, plots; ``incomplete`` is
+    :func:`incomplete_note` of the run, shown at the top."""
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
     settings = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
     lines = [f"# Profiler run `{settings.get('suite', '?')}` / `{run_dir.name}`", ""]
-    incomplete = incomplete_note(run_dir)
     if incomplete:
         lines += [f"**Warning: {incomplete}.**", ""]
     if settings.get("description"):
