@@ -15,7 +15,7 @@ GATE_ARGS   ?=
 BENCH_BASELINE_RUNS ?= 5
 BENCH_PYTEST = $(PY) -m pytest -m benchmark tests/benchmarks --benchmark-only -p no:randomly -p no:cacheprovider -q $(BENCH_ARGS)
 
-.PHONY: help venv install ext test test-slow lint format bench bench-baseline wheel run gpu-check gpu-bench clean
+.PHONY: help venv install ext test test-slow lint format bench bench-baseline wheel run gpu-check gpu-bench cpu-scaling clean
 .DEFAULT_GOAL := help
 
 # List the targets with the first line of the comment above each (this list).
@@ -84,7 +84,8 @@ GPU_ARCH ?= native
 # GPU build (warnings are errors), GPU tests, and the step benchmark table into reports/gpu/.
 # Needs a CUDA GPU and a CUDA build of torch in $(VENV). Builds the kernels for this GPU only,
 # runs tests/cuda (every CUDA op against the CPU kernel, paged memory, torch.compile), then the
-# step benchmark. About 5 minutes on one H200.
+# step benchmark, then the CPU thread-scaling table of the host (tests/benchmarks/cpu_scaling.py).
+# About 5 minutes on one H200.
 gpu-check:
 	$(PY) tests/cuda/preflight.py $${CUDACXX:-$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 	CUDACXX=$${CUDACXX:-$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)} BNB8_CUDA=ON $(PY) -m pip install -q \
@@ -92,10 +93,15 @@ gpu-check:
 		-Ccmake.define.BNB8_CUDA_WERROR=ON -e .
 	$(PY) -m pytest tests/cuda -m cuda -q $(PYTEST_ARGS)
 	$(PY) tests/cuda/gpu_bench.py --out reports/gpu
+	$(PY) tests/benchmarks/cpu_scaling.py --out reports/gpu
 
 # The step benchmark alone (after gpu-check has built the kernels).
 gpu-bench:
 	$(PY) tests/cuda/gpu_bench.py --out reports/gpu
+
+# The Adam step on the CPU at 1, 2, 4, ... threads against torch's fused Adam (reports/cpu-scaling/).
+cpu-scaling: install
+	$(PY) tests/benchmarks/cpu_scaling.py --out reports/cpu-scaling
 
 # Remove build outputs, wheels and benchmark results (keeps .venv).
 clean:
