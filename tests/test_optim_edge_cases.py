@@ -663,3 +663,146 @@ def test_per_parameter_hooks_check_their_indices():
     with pytest.raises(ValueError, match="gindex=0, pindex=0: not a parameter group"):
         opt.init_state({"params": [p]}, p, 0, 0)
     assert not opt.state
+
+
+def _two_trained(steps=2):
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(5000)) for _ in range(2)]
+    opt = bnb8.optim.Adam8bit(ps)
+    for _ in range(steps):
+        for p in ps:
+            p.grad = torch.randn(5000)
+        opt.step()
+    return ps, opt
+
+
+HAND_EDITS = {
+    "state1 of the wrong size": (lambda s: s.__setitem__("state1", torch.zeros(10, dtype=torch.uint8)),
+                                 "state1 has 10 elements, expected 5000"),
+    "float32 state1 beside 8-bit state2": (lambda s: s.__setitem__("state1", s["state1"].float()),
+                                           "not all of one kind"),
+    "absmax of the wrong size": (lambda s: s.__setitem__("absmax2", torch.zeros(3)), "needs absmax2 with 20 values"),
+    "short code table": (lambda s: s.__setitem__("qmap1", torch.zeros(10)), "needs qmap1 with 256 values"),
+    "unsorted code table": (lambda s: s.__setitem__("qmap2", s["qmap2"].flip(0)), "qmap2"),
+    "step out of range": (lambda s: s.__setitem__("step", 2**31), "step must be an integer in 0..2\\*\\*31-2"),
+    "moment deleted": (lambda s: s.pop("state2"), "step is 2 but state2 is missing"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", list(HAND_EDITS))
+def test_state_edited_by_hand_is_validated_at_the_next_step(edit):
+    """A state assigned by hand is checked before the kernels see it (a wrong size or dtype would have
+    them write out of bounds: a float32 state1 beside 8-bit state2 corrupted the heap), and the failed
+    step changes no parameter or state."""
+    ps, opt = _two_trained()
+    change, match = HAND_EDITS[edit]
+    change(opt.state[ps[1]])
+    snaps = [snapshot(p, opt) for p in ps]
+    for p in ps:
+        p.grad = torch.randn(5000)
+    with pytest.raises(ValueError, match=r"optimizer.state: parameter '0:1' \(shape \(5000,\)\): .*" + match):
+        opt.step()
+    for p, snap in zip(ps, snaps):
+        assert_unchanged(p, opt, snap)
+
+
+def test_state_assigned_by_hand_that_fits_is_used_in_place():
+    """Resetting a moment by assignment works like resetting it in place, and the assigned tensor is
+    the one the optimizer then updates (no copy)."""
+    (p, _), opt = _two_trained()
+    (q, _), ref = _two_trained()
+    zeros = torch.full_like(opt.state[p]["state1"], 127)  # code 127 of the signed map is 0.0
+    assert bnb8.functional.dynamic_map(True)[127] == 0
+    opt.state[p]["state1"] = zeros
+    ref.state[q]["state1"].fill_(127)
+    continues_alike(ref, q, opt, p)
+    assert opt.state[p]["state1"].data_ptr() == zeros.data_ptr()
+    assert not torch.equal(zeros, torch.full_like(zeros, 127))  # updated through the assigned tensor
+
+
+def test_non_contiguous_state_assigned_by_hand_is_copied_contiguous():
+    (p, _), opt = _two_trained()
+    (q, _), ref = _two_trained()
+    wide = torch.zeros(2 * 5000, dtype=torch.uint8)
+    wide[::2] = opt.state[p]["state2"]
+    opt.state[p]["state2"] = wide[::2]  # same values, every other byte of a wider buffer
+    continues_alike(ref, q, opt, p)
+    assert opt.state[p]["state2"].is_contiguous()
+    assert torch.equal(opt.state[p]["state2"], ref.state[q]["state2"])
+
+
+def test_transposed_state_in_a_state_dict_loads_contiguous():
+    """A plain clone keeps a transposed tensor's strides; the kernels read raw memory."""
+    torch.manual_seed(0)
+    p_ref = torch.nn.Parameter(torch.randn(64, 96))
+    ref = bnb8.optim.Adam8bit([p_ref])
+    p_ref.grad = torch.randn(64, 96)
+    ref.step()
+    sd = ref.state_dict()
+    quant = sd["state"][0]["__bnb_optimizer_quant_state__"]
+    quant["state1"] = quant["state1"].t().contiguous().t()  # same values, column-major
+    p = torch.nn.Parameter(p_ref.detach().clone())
+    opt = bnb8.optim.Adam8bit([p])
+    opt.load_state_dict(sd)
+    assert opt.state[p]["state1"].is_contiguous()
+    continues_alike(ref, p_ref, opt, p)
+
+
+def test_subclass_entries_survive_and_unedited_state_is_not_revalidated(monkeypatch):
+    """Validation runs once per edit, not per step: a subclass that keeps its own entry in the state
+    (GaLore's projection) and calls setdefault("step", 0) each step pays nothing after the first."""
+    ps, opt = _two_trained()
+    opt.state[ps[0]]["projection"] = torch.eye(3)
+    calls = []
+    checked_state = type(opt)._checked_state
+    monkeypatch.setattr(
+        type(opt), "_checked_state", lambda self, *a, **k: calls.append(a[0]) or checked_state(self, *a, **k)
+    )
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn(5000)
+            opt.state[p].setdefault("step", 0)
+        opt.step()
+    assert calls == ["0:0"]
+    assert torch.equal(opt.state[ps[0]]["projection"], torch.eye(3))
+
+
+def test_plain_dict_assigned_as_a_state_is_validated_and_tracked():
+    (p, _), opt = _two_trained()
+    (q, _), ref = _two_trained()
+    opt.state[p] = dict(opt.state[p])  # what a wrapper that rebuilds states does
+    continues_alike(ref, q, opt, p)
+    assert type(opt.state[p]) is not dict and opt.state[p].checked
+    opt.state[p] = {}  # an empty state: created again at the next step
+    p.grad = torch.randn(5000)
+    opt.step()
+    assert opt.state[p]["step"] == 1 and opt.state[p]["state1"].dtype == torch.uint8
+
+
+def test_param_state_records_every_kind_of_edit():
+    from bnb8.optim.optimizer import _ParamState
+
+    edits = {
+        "setitem": lambda s: s.__setitem__("x", 1),
+        "delitem": lambda s: s.__delitem__("step"),
+        "setdefault of a new key": lambda s: s.setdefault("x", 1),
+        "update": lambda s: s.update(x=1),
+        "|=": lambda s: s.__ior__({"x": 1}),
+        "pop": lambda s: s.pop("step"),
+        "popitem": lambda s: s.popitem(),
+        "clear": lambda s: s.clear(),
+    }
+    for name, edit in edits.items():
+        state = _ParamState({"step": 3}, checked=True)
+        edit(state)
+        assert not state.checked, name
+    kept = {
+        "setdefault of a present key": lambda s: s.setdefault("step", 0),
+        "pop of an absent key": lambda s: s.pop("x", None),
+        "set_step": lambda s: s.set_step(4),
+    }
+    for name, keep in kept.items():
+        state = _ParamState({"step": 3}, checked=True)
+        keep(state)
+        assert state.checked, name
+    assert not copy.deepcopy(_ParamState({"step": 3}, checked=True)).checked

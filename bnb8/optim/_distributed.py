@@ -180,18 +180,32 @@ def carry_overrides(model: torch.nn.Module) -> int:
 # -- loading --------------------------------------------------------------------------------------
 
 
-def load_state(s: torch.Tensor, p: torch.Tensor, dtype: torch.dtype, where: str) -> torch.Tensor:
-    """A saved per-element state, copied onto ``p``'s device (and layout, for a DTensor ``p``)."""
+def owned_copy(
+    t: torch.Tensor, device: torch.device, dtype: torch.dtype, reuse: bool = False
+) -> torch.Tensor:
+    """A loaded tensor as the kernels need it: a copy of its own, on ``device`` in ``dtype``, and
+    contiguous (a plain clone keeps a transposed tensor's strides, and the kernels read raw memory).
+    With ``reuse``, ``t`` itself when it is all that already (a live state, updated in place)."""
+    if reuse and t.device == device and t.dtype == dtype and t.is_contiguous():
+        return t
+    return t.detach().to(device, dtype).clone(memory_format=torch.contiguous_format)
+
+
+def load_state(
+    s: torch.Tensor, p: torch.Tensor, dtype: torch.dtype, where: str, reuse: bool = False
+) -> torch.Tensor:
+    """A saved per-element state, copied onto ``p``'s device (and layout, for a DTensor ``p``); with
+    ``reuse``, not copied when it already fits (see owned_copy)."""
     if not is_dtensor(p):
         if is_dtensor(s):
             raise ValueError(
                 f"{where}: the state is sharded (DTensor) but the parameter is not; load it into the same "
                 "sharded model, or gather it with torch.distributed.checkpoint first"
             )
-        return s.detach().to(p.device, dtype).clone().view(p.shape)
+        return owned_copy(s, p.device, dtype, reuse).view(p.shape)
     if is_dtensor(s):
         _check_same_layout(s, p, where)
-        return state_like(p, dtype, lambda shape, dt, dev: local(s).detach().to(dev, dt).clone().view(shape))
+        return state_like(p, dtype, lambda shape, dt, dev: owned_copy(local(s), dev, dt, reuse).view(shape))
     if s.dtype == torch.uint8:
         raise ValueError(
             f"{where}: 8-bit state saved unsharded cannot be loaded into a sharded parameter (its quantization "
@@ -201,7 +215,7 @@ def load_state(s: torch.Tensor, p: torch.Tensor, dtype: torch.dtype, where: str)
     full = s.detach().view(p.shape)
     shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
     part = full[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
-    return state_like(p, dtype, lambda shape, dt, dev: part.to(dev, dt).clone().view(shape))
+    return state_like(p, dtype, lambda shape, dt, dev: owned_copy(part, dev, dt).view(shape))
 
 
 def check_8bit_layout(s: torch.Tensor, p: torch.Tensor, where: str) -> None:
@@ -221,11 +235,11 @@ def check_8bit_layout(s: torch.Tensor, p: torch.Tensor, where: str) -> None:
         _check_same_layout(s, p, where)
 
 
-def load_absmax(absmax: torch.Tensor, p: torch.Tensor, where: str) -> torch.Tensor:
+def load_absmax(absmax: torch.Tensor, p: torch.Tensor, where: str, reuse: bool = False) -> torch.Tensor:
     if not is_dtensor(p):
         if is_dtensor(absmax):
             raise ValueError(f"{where}: the absmax is sharded (DTensor) but the parameter is not")
-        return absmax.detach().to(p.device, torch.float32).clone().view(-1)
+        return owned_copy(absmax, p.device, torch.float32, reuse).view(-1)
     if not is_dtensor(absmax) or tuple(absmax.placements) != _absmax_placements(p):
         raise ValueError(f"{where}: the absmax of a sharded parameter must be a DTensor sharded like it")
     out = absmax_like(p)

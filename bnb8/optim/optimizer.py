@@ -87,6 +87,66 @@ OPTIMIZER_SETTINGS = frozenset(
 UNSUPPORTED_TORCH_FLAGS = ("capturable", "differentiable")
 
 
+class _ParamState(dict):
+    """One parameter's optimizer state (a dict, as in torch.optim) that knows whether it is as bnb8
+    made or validated it. Adding, replacing or removing a key clears ``checked``; the next step then
+    validates the state like a loaded one before anything changes (a state tensor of the wrong size,
+    dtype or device would have the kernels read or write out of bounds). That costs one attribute test
+    per parameter per step; a full check at every step cost ~10 % over 200 small tensors.
+    In-place changes (``state["state1"].zero_()``) keep ``checked``: they cannot change a tensor's
+    size or dtype, except ``resize_``/``set_``, which are not detected."""
+
+    checked = False  # also for states rebuilt by copy.deepcopy: they are validated once
+
+    def __init__(self, *args: Any, checked: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checked = checked
+
+    def set_step(self, step: int) -> None:
+        """The step counter, written by the optimizer itself: keeps ``checked``."""
+        dict.__setitem__(self, "step", step)
+
+    def replace_all(self, content: dict[str, Any]) -> None:
+        """The validated state, in place (code holding this dict keeps seeing the state)."""
+        dict.clear(self)
+        dict.update(self, content)
+        self.checked = True
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.checked = False
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.checked = False
+        super().__delitem__(key)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key not in self:  # GaLore-style subclasses call setdefault("step", 0) at every step
+            self.checked = False
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.checked = False
+        super().update(*args, **kwargs)
+
+    def __ior__(self, other: Any) -> _ParamState:
+        self.checked = False
+        return super().__ior__(other)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key in self:
+            self.checked = False
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[Any, Any]:
+        self.checked = False
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.checked = False
+        super().clear()
+
+
 def common_args(arguments: dict[str, Any]) -> dict[str, Any]:
     """The common settings among a family constructor's arguments: ``**common_args(locals())``.
     Rejects an unsupported torch flag (capturable, differentiable) that is set."""
@@ -242,6 +302,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         self._check_settings(defaults)
         self._init_caches()
         super().__init__(params, defaults)
+        self.state: defaultdict[torch.Tensor, _ParamState] = defaultdict(_ParamState)
 
     @property
     def name2qmap(self) -> dict[str, torch.Tensor]:
@@ -451,15 +512,27 @@ class Optimizer8bit(torch.optim.Optimizer):
                     "before creating the optimizer, or load_state_dict again after moving it"
                 )
 
-    def _unnest_assigned_state(self, gi: int, pi: int, p: torch.Tensor, cfg: dict[str, Any]) -> None:
-        """A parameter state in state_dict()'s nested layout, assigned to ``self.state`` by a wrapper
-        that does not call load_state_dict (torch's ZeroRedundancyOptimizer.load_state_dict): checked
-        and flattened as load_state_dict would, before it is used."""
-        state = self.state.get(p)
-        if not state or QUANT_STATE_KEY not in state:
+    def _check_assigned_state(
+        self, gi: int, pi: int, p: torch.Tensor, cfg: dict[str, Any], shared: dict[int, torch.Tensor]
+    ) -> None:
+        """``p``'s state, edited or assigned since bnb8 last validated it (see _ParamState): by
+        hand, or by a wrapper that does not call load_state_dict (torch's ZeroRedundancyOptimizer
+        assigns state_dict()'s nested layout). Checked and converted as load_state_dict would, before it
+        is used; tensors that already fit are kept, not copied. ``shared`` maps a code table to its one
+        validated object for this step."""
+        state = self.state[p]
+        if not state:  # an empty dict assigned by hand: the step creates the state
+            if type(state) is not _ParamState:
+                self.state[p] = _ParamState()
             return
         flat = self._flat_saved_state(state, p)
-        self.state[p] = self._checked_state(f"{gi}:{pi}", p, flat, {}, cfg)
+        own = {k: v for k, v in flat.items() if k in QUANT_KEYS or k == "step"}
+        others = {k: v for k, v in flat.items() if k not in own}  # a subclass's own entries (GaLore's)
+        checked = self._checked_state(f"{gi}:{pi}", p, own, shared, cfg, source="optimizer.state", reuse=True)
+        if type(state) is _ParamState:
+            state.replace_all({**others, **checked})
+        else:  # a plain dict assigned by a wrapper: replaced by one that tracks edits
+            self.state[p] = _ParamState({**others, **checked}, checked=True)
 
     def _state_plan(self, cfg: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
         """For one configuration: the states the update uses (in the rule's order), every key a
@@ -525,14 +598,17 @@ class Optimizer8bit(torch.optim.Optimizer):
         # hyper-parameters: derive them once per cfg (and step), not per parameter.
         plan_of: dict[int, tuple] = {}
         work = []
+        shared_qmaps: dict[int, torch.Tensor] = {}
         for gi, group, members in selection:  # all checks first: a failed step changes nothing
             self._check_settings(group)  # again: param_groups may have been edited (schedulers, users)
             for pi, p in members:
                 if p.grad is None:
                     continue
-                self._check_param(p)
                 cfg = self._config(gi, pi, group, p)
-                self._unnest_assigned_state(gi, pi, p, cfg)
+                state = self.state.get(p)
+                if state is not None and not getattr(state, "checked", False):  # a plain dict: never
+                    self._check_assigned_state(gi, pi, p, cfg, shared_qmaps)
+                self._check_param(p)
                 plan = plan_of.get(id(cfg))
                 if plan is None:
                     plan = plan_of[id(cfg)] = self._state_plan(cfg)
@@ -544,7 +620,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             new_state = bool(state_keys) and state_keys[0] not in state
             if incomplete:
                 self._init_state(p, cfg)
-            state["step"] += 1
+                state.checked = True  # validated above (or empty), completed by bnb8 itself
+            state.set_step(state["step"] + 1)
             quantized = bool(state_keys) and state[state_keys[0]].dtype == torch.uint8
             rule_key = (id(cfg), state["step"], quantized, new_state)
             if rule_key not in rule_of:
@@ -807,7 +884,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             cfg = self._config(gi, pi, new_groups[gi], p)
             new_state[p] = self._checked_state(index, p, self._flat_saved_state(saved, p), shared, cfg)
         # Nothing failed: commit.
-        self.state = defaultdict(dict, new_state)
+        self.state = defaultdict(_ParamState, {p: _ParamState(s, checked=True) for p, s in new_state.items()})
         self.param_groups = new_groups
         self._search.clear()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
@@ -841,8 +918,13 @@ class Optimizer8bit(torch.optim.Optimizer):
         saved: dict[str, Any],
         shared: dict[int, torch.Tensor],
         cfg: dict[str, Any],
+        source: str = "state_dict",
+        reuse: bool = False,
     ) -> dict[str, Any]:
-        where = f"state_dict: parameter {index!r} (shape {tuple(p.shape)})"
+        """``saved`` (flat) checked against ``p`` and ``cfg``, as this optimizer's state of ``p``: every
+        tensor on ``p``'s device, in the kernels' dtype, contiguous, in a copy of its own; with ``reuse``
+        a tensor that is all that already is used as it is (a live state, checked in place)."""
+        where = f"{source}: parameter {index!r} (shape {tuple(p.shape)})"
         if "step" not in saved:
             raise ValueError(f"{where}: missing 'step'")
         unknown = sorted(str(k) for k in saved if k not in QUANT_KEYS and k != "step")
@@ -881,12 +963,14 @@ class Optimizer8bit(torch.optim.Optimizer):
                     raise ValueError(f"{where}: absmax{k} holds negative or NaN values (scales are >= 0)")
                 if id(qmap) not in shared:  # checked and copied once per saved table (parameters share it)
                     _check_code(qmap.detach().float().cpu(), torch.device("cpu"), f"{where}: qmap{k}")
-                    shared[id(qmap)] = qmap.detach().to(p.device, torch.float32).clone()
-                out[f"state{k}"] = _distributed.load_state(s, p, torch.uint8, where)
-                out[f"absmax{k}"] = _distributed.load_absmax(absmax, p, where)
+                    table = _distributed.owned_copy(qmap, p.device, torch.float32, reuse)
+                    # the same object when reused: parameters sharing a table share a fused bucket
+                    shared[id(qmap)] = table if table.dim() == 1 else table.view(-1)
+                out[f"state{k}"] = _distributed.load_state(s, p, torch.uint8, where, reuse)
+                out[f"absmax{k}"] = _distributed.load_absmax(absmax, p, where, reuse)
                 out[f"qmap{k}"] = shared[id(qmap)]
             elif s.is_floating_point():
-                out[f"state{k}"] = _distributed.load_state(s, p, torch.float32, where)
+                out[f"state{k}"] = _distributed.load_state(s, p, torch.float32, where, reuse)
             else:
                 raise ValueError(f"{where}: state{k} has dtype {s.dtype}, expected uint8 or float32")
         for key, size in (("gnorm_vec", GNORM_HISTORY), ("unorm_vec", 1)):
@@ -900,7 +984,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                     else repr(value)
                 )
                 raise ValueError(f"{where}: {key} must be {size} float values, got {got}")
-            out[key] = value.detach().to(p.device, torch.float32).clone()
+            out[key] = _distributed.owned_copy(value, p.device, torch.float32, reuse).view(-1)
         # The states must be complete after the first step (a missing moment would restart at zero
         # under a bias correction for `step` steps: huge updates) and of one kind (one native call).
         kinds = self._state_kinds(cfg)
