@@ -294,9 +294,13 @@ def _fmt_ratio(v) -> str:
 
 
 def _fmt_num(v, digits: int = 3) -> str:
+    """``digits`` significant digits with their trailing zeros, so a column reads alike (23.0 beside
+    22.9, not 23); whole numbers with thousands separators from 1,000 on."""
     if pd.isna(v):
         return ""
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}g}"
+    if abs(v) >= 999.5:  # would round to 1,000 or more
+        return f"{v:,.0f}"
+    return f"{v:#.{digits}g}".rstrip(".")
 
 
 def _fmt_int(v) -> str:

@@ -233,3 +233,18 @@ def test_resume_keeps_the_recorded_warmup(tmp_path, tiny_suite_text):
     suite, _, _ = cli._resumed_run(args)
     assert (suite.steps, suite.warmup) == (4, 3)
     assert main(["run", "--resume", str(run_dir), "--threads", "1"]) == 2  # settings come from run.json
+
+
+def test_numbers_in_report_tables_keep_their_significant_zeros():
+    """A step-time column reads alike: 23.0 beside 22.9 (not 23), 0.890 beside 0.909."""
+    _fmt_num = report._fmt_num
+    assert [_fmt_num(v) for v in (23.0, 22.94, 0.89, 0.909, 123.0, 99.96)] == [
+        "23.0",
+        "22.9",
+        "0.890",
+        "0.909",
+        "123",
+        "100",
+    ]
+    assert [_fmt_num(v) for v in (999.4, 999.5, 1234.6, -2.5)] == ["999", "1,000", "1,235", "-2.50"]
+    assert _fmt_num(1.1504, 4) == "1.150" and _fmt_num(float("nan")) == ""
