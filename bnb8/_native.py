@@ -7,6 +7,7 @@ and what was given.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections.abc import Sequence
 
@@ -150,16 +151,23 @@ def slot_table(
     absmaxes: Sequence[Sequence[torch.Tensor]],
 ) -> list[int]:
     """The flat per-tensor address table of bnb8::TensorSlot (ext/include/bnb8/api.h)."""
-    table: list[int] = []
-    n_states = C.MAX_STATES
-    for i, (p, g) in enumerate(zip(params, grads)):
-        table += [p.data_ptr(), g.data_ptr()]
-        table += [states[k][i].data_ptr() if k < len(states) and states[k] else 0 for k in range(n_states)]
-        table += [
-            absmaxes[k][i].data_ptr() if k < len(absmaxes) and absmaxes[k] else 0 for k in range(n_states)
+
+    def addresses(tensors: Sequence[Sequence[torch.Tensor]]) -> list:
+        # one column per slot; an absent state is address 0 (built column by column: this runs for
+        # every parameter at every step)
+        return [
+            [t.data_ptr() for t in tensors[k]] if k < len(tensors) and tensors[k] else itertools.repeat(0)
+            for k in range(C.MAX_STATES)
         ]
-        table.append(p.numel())
-    return table
+
+    columns = [
+        [p.data_ptr() for p in params],
+        [g.data_ptr() for g in grads],
+        *addresses(states),
+        *addresses(absmaxes),
+        [p.numel() for p in params],
+    ]
+    return [address for row in zip(*columns) for address in row]
 
 
 def num_threads() -> int:

@@ -53,8 +53,13 @@ except ImportError:  # pragma: no cover - torch 2.4, or torch.distributed compil
         DTensor = None  # type: ignore[assignment,misc]
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def is_dtensor(t: Any) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    # The exact type first: isinstance against a tensor subclass costs ~0.2 us, and the step asks
+    # ~10 times per parameter (1000 small parameters: 2 ms a step).
+    return type(t) not in _PLAIN and DTensor is not None and isinstance(t, DTensor)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import numbers
 import types
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -85,6 +85,20 @@ OPTIMIZER_SETTINGS = frozenset(
 
 # torch.optim flags a family accepts for signature compatibility but bnb8 does not implement.
 UNSUPPORTED_TORCH_FLAGS = ("capturable", "differentiable")
+
+
+class _BucketSpec(NamedTuple):
+    """What the parameters of one fused native call share, besides device, dtype and code tables."""
+
+    quantized: bool  # 8-bit states
+    rule: str  # the kernel's update rule
+    hyper: tuple[float, ...]  # its hyper-parameters, in _native.HYPER_FIELDS order
+    state_keys: tuple[str, ...]  # the states the rule uses, in its order
+    qmap_keys: tuple[str, ...]  # their code tables (8-bit only)
+    needs_norms: bool  # a norms pass first (max_unorm, trust ratios)
+    percentile_clipping: int
+    max_unorm: float
+    maximize: bool
 
 
 class _ParamState(dict):
@@ -480,33 +494,33 @@ class Optimizer8bit(torch.optim.Optimizer):
         if self._needs_norms(cfg) and "unorm_vec" not in state:
             state["unorm_vec"] = torch.zeros(1, device=p.device)
 
-    def _check_param(self, p: torch.Tensor) -> None:
+    def _check_param(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any] | None) -> None:
+        """``p`` (with gradient ``g`` and optimizer state ``state``, or None) can be updated."""
         if p.is_meta:
             raise RuntimeError(
                 "a parameter is on the meta device (a shape without data): materialize the model first, "
                 "e.g. model.to_empty(device='cpu') and initialise its weights, then step"
             )
-        g = p.grad
-        if g.is_sparse or g.layout != torch.strided:
+        if g.layout != torch.strided:  # sparse COO/CSR/...
             raise RuntimeError(
                 f"{type(self).__name__} does not support sparse gradients; use torch.optim.SparseAdam or "
                 "a dense embedding (nn.Embedding(sparse=False))"
             )
-        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+        device = p.device
+        if g.shape != p.shape or g.dtype != p.dtype or g.device != device:
             raise ValueError(
                 f"grad: expected {p.dtype} {tuple(p.shape)} on {p.device} like its parameter, got "
                 f"{g.dtype} {tuple(g.shape)} on {g.device}"
             )
         _distributed.check_grad(p, g)
-        state = self.state.get(p)
-        if state and "state1" in state:  # a family may keep no state (SGD without momentum)
-            s1 = state["state1"]
+        s1 = state.get("state1") if state else None  # a family may keep no state (SGD without momentum)
+        if s1 is not None:
             if s1.numel() != p.numel():
                 raise RuntimeError(
                     f"a parameter of shape {tuple(p.shape)} changed size after its optimizer state was created "
                     f"(state has {None if s1 is None else s1.numel()} elements); rebuild the optimizer"
                 )
-            if s1.device != p.device:
+            if s1.device != device:
                 raise RuntimeError(
                     f"optimizer state is on {s1.device} but its parameter is on {p.device}; move the model "
                     "before creating the optimizer, or load_state_dict again after moving it"
@@ -546,15 +560,14 @@ class Optimizer8bit(torch.optim.Optimizer):
         if self._needs_norms(cfg):
             keys.append("unorm_vec")
         float_only = next((key for key, signed in kinds if signed is None), None)
-        return state_keys, tuple(keys), float_only
+        return state_keys, frozenset(keys), float_only
 
     def _state_incomplete(
-        self, p: torch.Tensor, plan: tuple[tuple[str, ...], tuple[str, ...], str | None]
+        self, state: dict[str, Any] | None, plan: tuple[tuple[str, ...], frozenset[str], str | None]
     ) -> bool:
-        """Whether ``p``'s state must be created or completed before this step (a state, or the norm
-        history of percentile clipping or max_unorm, enabled after it was created). Raises, before
-        anything changes, when the configuration cannot run on the state ``p`` already has."""
-        state = self.state.get(p)
+        """Whether a parameter's state must be created or completed before this step (a state, or the
+        norm history of percentile clipping or max_unorm, enabled after it was created). Raises, before
+        anything changes, when the configuration cannot run on the state the parameter already has."""
         if not state:
             return True
         _, keys, float_only = plan
@@ -565,7 +578,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 "maximum, 32-bit state only), but this parameter's optimizer state is 8-bit; give the parameter "
                 "optim_bits=32 before its first step"
             )
-        return any(key not in state for key in keys)
+        return not keys <= state.keys()
 
     @property
     def nonfinite_count(self) -> int:
@@ -599,54 +612,69 @@ class Optimizer8bit(torch.optim.Optimizer):
         plan_of: dict[int, tuple] = {}
         work = []
         shared_qmaps: dict[int, torch.Tensor] = {}
+        states = self.state
         for gi, group, members in selection:  # all checks first: a failed step changes nothing
             self._check_settings(group)  # again: param_groups may have been edited (schedulers, users)
             for pi, p in members:
-                if p.grad is None:
+                g = p.grad
+                if g is None:
                     continue
                 cfg = self._config(gi, pi, group, p)
-                state = self.state.get(p)
+                state = states.get(p)
                 if state is not None and not getattr(state, "checked", False):  # a plain dict: never
                     self._check_assigned_state(gi, pi, p, cfg, shared_qmaps)
-                self._check_param(p)
+                    state = states[p]
+                self._check_param(p, g, state)
                 plan = plan_of.get(id(cfg))
                 if plan is None:
                     plan = plan_of[id(cfg)] = self._state_plan(cfg)
-                work.append((p, cfg, plan[0], self._state_incomplete(p, plan)))
-        buckets: dict[tuple, list] = defaultdict(list)
-        rule_of: dict[tuple, tuple[str, tuple[float, ...]]] = {}
+                work.append((p, cfg, plan[0], self._state_incomplete(state, plan)))
+        # Buckets: one fused native call per (device, dtype, bucket spec, code tables, mesh). A spec is
+        # derived once per configuration and step, and equal specs are one object, so that parameter
+        # groups with the same settings share a call and the per-parameter key hashes no floats.
+        spec_of: dict[tuple, _BucketSpec] = {}
+        interned: dict[_BucketSpec, _BucketSpec] = {}
+        buckets: dict[tuple, tuple[_BucketSpec, list]] = {}
         for p, cfg, state_keys, incomplete in work:
-            state = self.state[p]
+            state = states[p]
             new_state = bool(state_keys) and state_keys[0] not in state
             if incomplete:
                 self._init_state(p, cfg)
                 state.checked = True  # validated above (or empty), completed by bnb8 itself
-            state.set_step(state["step"] + 1)
+            step = state["step"] + 1
+            state.set_step(step)
             quantized = bool(state_keys) and state[state_keys[0]].dtype == torch.uint8
-            rule_key = (id(cfg), state["step"], quantized, new_state)
-            if rule_key not in rule_of:
-                rule, hyper = self._rule(cfg, state["step"], quantized, new_state=new_state)
+            spec_key = (id(cfg), step, quantized, new_state)
+            spec = spec_of.get(spec_key)
+            if spec is None:
+                rule, hyper = self._rule(cfg, step, quantized, new_state=new_state)
                 hyper["skip_zeros"] = int(bool(cfg["skip_zeros"]))
-                rule_of[rule_key] = (rule, tuple(_native.hyper_list(**hyper)))
-            rule, hyper_values = rule_of[rule_key]
-            qmaps = tuple(id(state["qmap" + k[5:]]) for k in state_keys if "qmap" + k[5:] in state)
+                spec = _BucketSpec(
+                    quantized,
+                    rule,
+                    tuple(_native.hyper_list(**hyper)),
+                    state_keys,
+                    tuple("qmap" + k[5:] for k in state_keys) if quantized else (),
+                    self._needs_norms(cfg),
+                    cfg["percentile_clipping"],
+                    cfg["max_unorm"],
+                    cfg["maximize"],
+                )
+                spec = spec_of[spec_key] = interned.setdefault(spec, spec)
             key = (
                 p.device,
                 p.dtype,
-                quantized,
-                rule,
-                hyper_values,
-                state_keys,
-                qmaps,
-                cfg["percentile_clipping"],
-                cfg["max_unorm"],
-                cfg["maximize"],
-                self._needs_norms(cfg),
+                id(spec),
+                tuple(id(state[q]) for q in spec.qmap_keys),
                 _distributed.mesh_key(p),  # sharded params: one mesh and placements per bucket
             )
-            buckets[key].append((p, cfg))
-        for key, members in buckets.items():
-            self._update_bucket(key, members)
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = (spec, [(p, cfg)])
+            else:
+                bucket[1].append((p, cfg))
+        for key, (spec, members) in buckets.items():
+            self._update_bucket(key[0], spec, members)
 
     # -- bitsandbytes' per-parameter interface ------------------------------------------------------
     # Subclasses written for bitsandbytes (GaLore's, for one) override step() and drive these
@@ -724,38 +752,46 @@ class Optimizer8bit(torch.optim.Optimizer):
             scale = -scale
         return torch.stack([scale, torch.ones_like(scale)], dim=1)
 
-    def _update_bucket(self, key: tuple, members: list) -> None:
-        device, _, quantized, rule, hyper, state_keys, _, _, _, _, needs_norms, _ = key
+    def _update_bucket(self, device: torch.device, spec: _BucketSpec, members: list) -> None:
         sharded = members[0][0]  # DTensor params: the kernels see local shards, norms are all-reduced
-        params = [_distributed.local(p) for p, _ in members]
         cfg = members[0][1]
-        # The kernels read and write raw memory: work on contiguous views (copied back below).
+        n_states = len(spec.state_keys)
+        absmax_keys = tuple("absmax" + k[5:] for k in spec.state_keys) if spec.quantized else ()
+        all_states = self.state
+        plist = [p for p, _ in members]
+        pstates = [all_states[p] for p in plist]
+        # Column by column (this runs for every parameter at every step); the kernels see local
+        # shards of sharded parameters, whose bucket shares one mesh (see mesh_key).
+        if _distributed.is_dtensor(sharded):
+            local = _distributed.local
+            params = [local(p) for p in plist]
+            grads = [local(p.grad).contiguous() for p in plist]
+            states = [[local(st[key]) for st in pstates] for key in spec.state_keys]
+            absmaxes = [
+                [_distributed.local_absmax(st[key], p) for st, p in zip(pstates, plist)]
+                for key in absmax_keys
+            ]
+        else:
+            params = plist
+            grads = [p.grad.contiguous() for p in plist]
+            states = [[st[key] for st in pstates] for key in spec.state_keys]
+            absmaxes = [[st[key] for st in pstates] for key in absmax_keys]
+        # The kernels read and write raw memory: work on contiguous copies (copied back below).
         work_params = [p if p.is_contiguous() else p.contiguous() for p in params]
-        grads = [_distributed.local(p.grad).contiguous() for p, _ in members]
-        states0 = self.state[members[0][0]]
-        # The states the rule uses, in its order (a state of an option switched off stays unused).
-        slots = [key[len("state") :] for key in state_keys]
-        n_states = len(slots)
-        states = [[_distributed.local(self.state[p][f"state{k}"]) for p, _ in members] for k in slots]
-        absmaxes = [
-            [_distributed.local_absmax(self.state[p][f"absmax{k}"], p) for p, _ in members]
-            if f"absmax{k}" in states0
-            else []
-            for k in slots
-        ]
         qmaps, thresholds, buckets = [], [], []
-        for k in slots:
-            if f"qmap{k}" in states0:
-                qmap = states0[f"qmap{k}"]
-                thr, lo = self._search_tables(qmap)
-                qmaps.append(qmap)
-                thresholds.append(thr)
-                buckets.append(lo if lo is not None else torch.empty(0, dtype=torch.int32, device=device))
-        self._prefetch_paged([s for per_state in states for s in per_state], device)
+        states0 = pstates[0]
+        for key in spec.qmap_keys:
+            qmap = states0[key]
+            thr, lo = self._search_tables(qmap)
+            qmaps.append(qmap)
+            thresholds.append(thr)
+            buckets.append(lo if lo is not None else torch.empty(0, dtype=torch.int32, device=device))
+        if self.is_paged:
+            self._prefetch_paged([s for per_state in states for s in per_state], device)
         scales = self._gradient_scales(members, grads)
-        pad = [[]] * (3 - n_states)
-        state_args = [*states, *pad]
-        absmax_args = [*absmaxes, *pad]
+        state_args = [*states, *[[]] * (3 - n_states)]
+        absmax_args = [*absmaxes, *[[]] * (3 - len(absmaxes))]
+        rule, hyper, needs_norms = spec.rule, spec.hyper, spec.needs_norms
         ops = _ops if n_states else _StatelessOps  # a rule without state has no native kernel
         if ops is _ops and _EagerCpuOps.applies(device, work_params):
             ops = _EagerCpuOps
