@@ -5,6 +5,7 @@ bitsandbytes users expect or raises a clear error that leaves parameters and sta
 
 from __future__ import annotations
 
+import collections
 import copy
 import io
 import math
@@ -806,3 +807,13 @@ def test_param_state_records_every_kind_of_edit():
         keep(state)
         assert state.checked, name
     assert not copy.deepcopy(_ParamState({"step": 3}, checked=True)).checked
+
+
+@pytest.mark.parametrize("reset", [lambda: collections.defaultdict(dict), dict], ids=["defaultdict", "dict"])
+def test_state_container_replaced_to_reset_the_optimizer(reset):
+    """`optimizer.state = defaultdict(dict)` is a common way to restart an optimizer's moments."""
+    (p, _), opt = _two_trained()
+    opt.state = reset()
+    p.grad = torch.randn(5000)
+    opt.step()
+    assert opt.state[p]["step"] == 1 and opt.state[p]["state1"].dtype == torch.uint8

@@ -548,7 +548,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         else:  # a plain dict assigned by a wrapper: replaced by one that tracks edits
             self.state[p] = _ParamState({**others, **checked}, checked=True)
 
-    def _state_plan(self, cfg: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
+    def _state_plan(self, cfg: dict[str, Any]) -> tuple[tuple[str, ...], frozenset[str], str | None]:
         """For one configuration: the states the update uses (in the rule's order), every key a
         parameter's state must have, and a state that may only be float32 (amsgrad's running
         maximum), if any."""
@@ -636,7 +636,9 @@ class Optimizer8bit(torch.optim.Optimizer):
         interned: dict[_BucketSpec, _BucketSpec] = {}
         buckets: dict[tuple, tuple[_BucketSpec, list]] = {}
         for p, cfg, state_keys, incomplete in work:
-            state = states[p]
+            state = states.get(p)
+            if type(state) is not _ParamState:  # none yet, or `optimizer.state = defaultdict(dict)` (a reset)
+                state = states[p] = _ParamState(state or {})
             new_state = bool(state_keys) and state_keys[0] not in state
             if incomplete:
                 self._init_state(p, cfg)
