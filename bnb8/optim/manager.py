@@ -174,6 +174,10 @@ class GlobalOptimManager:
         )
         return overrides
 
+    def has_overrides(self) -> bool:
+        """Whether any parameter may have overrides (False lets a step skip asking per parameter)."""
+        return bool(self._by_param or self._by_position)
+
     def overrides_for(self, group_index: int, index: int, param: torch.Tensor) -> dict[str, Any]:
         """The overrides of one parameter of an optimizer (empty dict when none)."""
         if self._by_param:

@@ -494,8 +494,9 @@ class Optimizer8bit(torch.optim.Optimizer):
         if self._needs_norms(cfg) and "unorm_vec" not in state:
             state["unorm_vec"] = torch.zeros(1, device=p.device)
 
-    def _check_param(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any] | None) -> None:
-        """``p`` (with gradient ``g`` and optimizer state ``state``, or None) can be updated."""
+    def _check_param(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any] | None) -> torch.device:
+        """``p`` (with gradient ``g`` and optimizer state ``state``, or None) can be updated; returns
+        its device."""
         if p.is_meta:
             raise RuntimeError(
                 "a parameter is on the meta device (a shape without data): materialize the model first, "
@@ -525,6 +526,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                     f"optimizer state is on {s1.device} but its parameter is on {p.device}; move the model "
                     "before creating the optimizer, or load_state_dict again after moving it"
                 )
+        return device
 
     def _check_assigned_state(
         self, gi: int, pi: int, p: torch.Tensor, cfg: dict[str, Any], shared: dict[int, torch.Tensor]
@@ -613,30 +615,30 @@ class Optimizer8bit(torch.optim.Optimizer):
         work = []
         shared_qmaps: dict[int, torch.Tensor] = {}
         states = self.state
+        overridden = self.mng.has_overrides()
         for gi, group, members in selection:  # all checks first: a failed step changes nothing
             self._check_settings(group)  # again: param_groups may have been edited (schedulers, users)
             for pi, p in members:
                 g = p.grad
                 if g is None:
                     continue
-                cfg = self._config(gi, pi, group, p)
+                cfg = self._config(gi, pi, group, p) if overridden else group
                 state = states.get(p)
                 if state is not None and not getattr(state, "checked", False):  # a plain dict: never
                     self._check_assigned_state(gi, pi, p, cfg, shared_qmaps)
                     state = states[p]
-                self._check_param(p, g, state)
+                device = self._check_param(p, g, state)
                 plan = plan_of.get(id(cfg))
                 if plan is None:
                     plan = plan_of[id(cfg)] = self._state_plan(cfg)
-                work.append((p, cfg, plan[0], self._state_incomplete(state, plan)))
+                work.append((p, device, state, cfg, plan[0], self._state_incomplete(state, plan)))
         # Buckets: one fused native call per (device, dtype, bucket spec, code tables, mesh). A spec is
         # derived once per configuration and step, and equal specs are one object, so that parameter
         # groups with the same settings share a call and the per-parameter key hashes no floats.
         spec_of: dict[tuple, _BucketSpec] = {}
         interned: dict[_BucketSpec, _BucketSpec] = {}
         buckets: dict[tuple, tuple[_BucketSpec, list]] = {}
-        for p, cfg, state_keys, incomplete in work:
-            state = states.get(p)
+        for p, device, state, cfg, state_keys, incomplete in work:
             if type(state) is not _ParamState:  # none yet, or `optimizer.state = defaultdict(dict)` (a reset)
                 state = states[p] = _ParamState(state or {})
             new_state = bool(state_keys) and state_keys[0] not in state
@@ -664,17 +666,17 @@ class Optimizer8bit(torch.optim.Optimizer):
                 )
                 spec = spec_of[spec_key] = interned.setdefault(spec, spec)
             key = (
-                p.device,
+                device,
                 p.dtype,
                 id(spec),
-                tuple(id(state[q]) for q in spec.qmap_keys),
+                tuple([id(state[q]) for q in spec.qmap_keys]),
                 _distributed.mesh_key(p),  # sharded params: one mesh and placements per bucket
             )
             bucket = buckets.get(key)
             if bucket is None:
-                buckets[key] = (spec, [(p, cfg)])
+                buckets[key] = (spec, [(p, cfg, state)])
             else:
-                bucket[1].append((p, cfg))
+                bucket[1].append((p, cfg, state))
         for key, (spec, members) in buckets.items():
             self._update_bucket(key[0], spec, members)
 
@@ -727,6 +729,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             raise ValueError(f"p: not parameter {pindex} of parameter group {gindex}")
 
     def _gradient_scales(self, members: list, grads: list[torch.Tensor]) -> torch.Tensor | None:
+        """Per parameter of a bucket (``members``: (param, cfg, state)), the gradient's scale from
+        percentile clipping and maximize, as the kernels' scales argument; None when all are 1."""
         cfg = members[0][1]
         percentile = cfg["percentile_clipping"]
         if percentile >= 100 and not cfg["maximize"]:
@@ -736,8 +740,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         if percentile < 100:
             sq_norms = torch.stack(torch._foreach_norm(grads)).float() ** 2
             sq_norms = _distributed.all_reduce_sums(sq_norms, members[0][0])  # shards -> whole tensors
-            for i, (p, _) in enumerate(members):
-                state = self.state[p]
+            for i, (_, _, state) in enumerate(members):
                 step = state["step"]
                 history = state["gnorm_vec"]
                 # A gradient with NaN/Inf elements (which the kernels skip) has no usable norm: its slot
@@ -755,13 +758,14 @@ class Optimizer8bit(torch.optim.Optimizer):
         return torch.stack([scale, torch.ones_like(scale)], dim=1)
 
     def _update_bucket(self, device: torch.device, spec: _BucketSpec, members: list) -> None:
+        """One fused native call for ``members`` ((param, cfg, state), all on ``device``, one dtype,
+        sharing ``spec``), with a norms pass first when the rule needs one."""
         sharded = members[0][0]  # DTensor params: the kernels see local shards, norms are all-reduced
         cfg = members[0][1]
         n_states = len(spec.state_keys)
         absmax_keys = tuple("absmax" + k[5:] for k in spec.state_keys) if spec.quantized else ()
-        all_states = self.state
-        plist = [p for p, _ in members]
-        pstates = [all_states[p] for p in plist]
+        plist = [p for p, _, _ in members]
+        pstates = [state for _, _, state in members]
         # Column by column (this runs for every parameter at every step); the kernels see local
         # shards of sharded parameters, whose bucket shares one mesh (see mesh_key).
         if _distributed.is_dtensor(sharded):
@@ -807,8 +811,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             if scales is None:
                 scales = torch.ones(len(params), 2, device=device)
             scales[:, 1] = uscale
-            for i, (p, _) in enumerate(members):
-                self.state[p]["unorm_vec"].copy_(norms[i, 0:1])
+            for i, state in enumerate(pstates):
+                state["unorm_vec"].copy_(norms[i, 0:1])
         nonfinite = self._nonfinite.get(device)
         if nonfinite is None:
             nonfinite = self._nonfinite[device] = torch.zeros(1, dtype=torch.int64, device=device)
