@@ -108,7 +108,7 @@ class _ParamState(dict):
     dtype or device would have the kernels read or write out of bounds). That costs one attribute test
     per parameter per step; a full check at every step cost ~10 % over 200 small tensors.
     In-place changes (``state["state1"].zero_()``) keep ``checked``: they cannot change a tensor's
-    size or dtype, except ``resize_``/``set_``, which are not detected."""
+    size or dtype, except ``resize_``, ``set_`` or ``.data =``, which are not detected."""
 
     checked = False  # also for states rebuilt by copy.deepcopy: they are validated once
 
