@@ -594,3 +594,53 @@ def test_import_as_bnb_runs_bitsandbytes_code():
     codes, state = bnb.functional.quantize_blockwise(torch.randn(1000), blocksize=256)
     assert bnb.functional.dequantize_blockwise(codes, state).shape == (1000,)
     assert torch.equal(dynamic_map(True), bnb.functional.create_dynamic_map(signed=True))
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [bnb8.optim.AdamW8bit, bnb8.optim.LAMB8bit, bnb8.optim.AdEMAMix8bit],
+    ids=["adamw", "lamb (norms pass)", "ademamix (3 states)"],
+)
+def test_fused_buckets_update_like_one_optimizer_per_parameter(cls):
+    """However step() groups parameters into fused calls (dtypes, 8-bit and 32-bit states, groups with
+    equal and different settings, clipping, an override, parameters that skip steps), every parameter
+    ends exactly where an optimizer of its own would take it."""
+    gen = torch.Generator().manual_seed(0)
+    specs = [  # (group, numel, dtype)
+        (0, 5000, torch.float32), (0, 300, torch.float32), (0, 6000, torch.bfloat16), (0, 4097, torch.float16),
+        (1, 5000, torch.float32), (1, 9000, torch.float32),  # same settings as group 0: shares its calls
+        (2, 5000, torch.float32), (2, 100, torch.float32),  # other lr and betas, percentile clipping
+        (3, 5000, torch.float32),  # only clipping differs from group 0
+    ]  # fmt: skip
+    n_betas = len(cls([torch.nn.Parameter(torch.zeros(1))]).defaults["betas"])  # AdEMAMix has 3
+    groups = [
+        {},
+        {},
+        {"lr": 3e-3, "betas": (0.8, 0.99, 0.9995)[:n_betas], "percentile_clipping": 90},
+        {"percentile_clipping": 5},
+    ]
+    start = [torch.randn(n, generator=gen).to(dtype) for _, n, dtype in specs]
+    fused = [torch.nn.Parameter(t.clone()) for t in start]
+    alone = [torch.nn.Parameter(t.clone()) for t in start]
+    mng = GlobalOptimManager.get_instance()
+    for params in (fused, alone):
+        mng.override_config(params[4], "optim_bits", 32)
+    opt = cls(
+        [
+            {"params": [p for (g, _, _), p in zip(specs, fused) if g == gi], **groups[gi]}
+            for gi in range(len(groups))
+        ]
+    )
+    singles = [cls([{"params": [p], **groups[g]}]) for (g, _, _), p in zip(specs, alone)]
+    for step in range(6):
+        for i, (a, b) in enumerate(zip(fused, alone)):
+            skips = (i + step) % 4 == 0  # some parameters get no gradient on some steps
+            grad = None if skips else (torch.randn(a.shape, generator=gen) * 0.01).to(a.dtype)
+            a.grad, b.grad = grad, None if grad is None else grad.clone()
+        opt.step()
+        for single in singles:
+            single.step()
+    assert opt.state[fused[4]]["state1"].dtype == torch.float32  # the override applied
+    assert opt.state[fused[0]]["state1"].dtype == torch.uint8
+    for i, (a, b) in enumerate(zip(fused, alone)):
+        assert torch.equal(a.detach(), b.detach()), f"parameter {i} {specs[i]}"
