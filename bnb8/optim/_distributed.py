@@ -148,6 +148,8 @@ def all_reduce_sums(sums: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def check_grad(p: torch.Tensor, g: torch.Tensor) -> None:
+    if type(p) in _PLAIN and type(g) in _PLAIN:  # the common case, at every step for every parameter
+        return
     if is_dtensor(p) != is_dtensor(g) or (
         is_dtensor(p) and (g.device_mesh != p.device_mesh or tuple(g.placements) != tuple(p.placements))
     ):
