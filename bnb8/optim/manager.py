@@ -180,11 +180,8 @@ class GlobalOptimManager:
 
     def overrides_for(self, group_index: int, index: int, param: torch.Tensor) -> dict[str, Any]:
         """The overrides of one parameter of an optimizer (empty dict when none)."""
-        if self._by_param:
-            found = self._overrides_of(param)
-            if found is not None:
-                return found
-        if not self._by_position:  # the common case: no positional overrides, nothing to compare
-            return {}
+        found = self._overrides_of(param)
+        if found is not None:
+            return found
         shape, overrides = self._by_position.get((group_index, index), ((), {}))
         return overrides if shape == tuple(param.shape) else {}

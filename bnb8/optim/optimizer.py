@@ -95,6 +95,7 @@ class _BucketSpec(NamedTuple):
     hyper: tuple[float, ...]  # its hyper-parameters, in _native.HYPER_FIELDS order
     state_keys: tuple[str, ...]  # the states the rule uses, in its order
     qmap_keys: tuple[str, ...]  # their code tables (8-bit only)
+    absmax_keys: tuple[str, ...]  # their block scales (8-bit only)
     needs_norms: bool  # a norms pass first (max_unorm, trust ratios)
     percentile_clipping: int
     max_unorm: float
@@ -519,7 +520,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             if s1.numel() != p.numel():
                 raise RuntimeError(
                     f"a parameter of shape {tuple(p.shape)} changed size after its optimizer state was created "
-                    f"(state has {None if s1 is None else s1.numel()} elements); rebuild the optimizer"
+                    f"(state has {s1.numel()} elements); rebuild the optimizer"
                 )
             if s1.device != device:
                 raise RuntimeError(
@@ -529,26 +530,31 @@ class Optimizer8bit(torch.optim.Optimizer):
         return device
 
     def _check_assigned_state(
-        self, gi: int, pi: int, p: torch.Tensor, cfg: dict[str, Any], shared: dict[int, torch.Tensor]
-    ) -> None:
-        """``p``'s state, edited or assigned since bnb8 last validated it (see _ParamState): by
+        self,
+        gi: int,
+        pi: int,
+        p: torch.Tensor,
+        state: dict[str, Any],
+        cfg: dict[str, Any],
+        shared: dict[int, torch.Tensor],
+    ) -> dict[str, Any]:
+        """``p``'s ``state``, edited or assigned since bnb8 last validated it (see _ParamState): by
         hand, or by a wrapper that does not call load_state_dict (torch's ZeroRedundancyOptimizer
         assigns state_dict()'s nested layout). Checked and converted as load_state_dict would, before it
         is used; tensors that already fit are kept, not copied. ``shared`` maps a code table to its one
-        validated object for this step."""
-        state = self.state[p]
+        validated object for this step. Returns the state ``p`` now has."""
         if not state:  # an empty dict assigned by hand: the step creates the state
-            if type(state) is not _ParamState:
-                self.state[p] = _ParamState()
-            return
+            return state
         flat = self._flat_saved_state(state, p)
         own = {k: v for k, v in flat.items() if k in QUANT_KEYS or k == "step"}
         others = {k: v for k, v in flat.items() if k not in own}  # a subclass's own entries (GaLore's)
         checked = self._checked_state(f"{gi}:{pi}", p, own, shared, cfg, source="optimizer.state", reuse=True)
         if type(state) is _ParamState:
             state.replace_all({**others, **checked})
-        else:  # a plain dict assigned by a wrapper: replaced by one that tracks edits
-            self.state[p] = _ParamState({**others, **checked}, checked=True)
+            return state
+        # a plain dict assigned by a wrapper: replaced by one that tracks edits
+        state = self.state[p] = _ParamState({**others, **checked}, checked=True)
+        return state
 
     def _state_plan(self, cfg: dict[str, Any]) -> tuple[tuple[str, ...], frozenset[str], str | None]:
         """For one configuration: the states the update uses (in the rule's order), every key a
@@ -625,8 +631,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 cfg = self._config(gi, pi, group, p) if overridden else group
                 state = states.get(p)
                 if state is not None and not getattr(state, "checked", False):  # a plain dict: never
-                    self._check_assigned_state(gi, pi, p, cfg, shared_qmaps)
-                    state = states[p]
+                    state = self._check_assigned_state(gi, pi, p, state, cfg, shared_qmaps)
                 device = self._check_param(p, g, state)
                 plan = plan_of.get(id(cfg))
                 if plan is None:
@@ -659,6 +664,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                     tuple(_native.hyper_list(**hyper)),
                     state_keys,
                     tuple("qmap" + k[5:] for k in state_keys) if quantized else (),
+                    tuple("absmax" + k[5:] for k in state_keys) if quantized else (),
                     self._needs_norms(cfg),
                     cfg["percentile_clipping"],
                     cfg["max_unorm"],
@@ -763,7 +769,6 @@ class Optimizer8bit(torch.optim.Optimizer):
         sharded = members[0][0]  # DTensor params: the kernels see local shards, norms are all-reduced
         cfg = members[0][1]
         n_states = len(spec.state_keys)
-        absmax_keys = tuple("absmax" + k[5:] for k in spec.state_keys) if spec.quantized else ()
         plist = [p for p, _, _ in members]
         pstates = [state for _, _, state in members]
         # Column by column (this runs for every parameter at every step); the kernels see local
@@ -775,13 +780,13 @@ class Optimizer8bit(torch.optim.Optimizer):
             states = [[local(st[key]) for st in pstates] for key in spec.state_keys]
             absmaxes = [
                 [_distributed.local_absmax(st[key], p) for st, p in zip(pstates, plist)]
-                for key in absmax_keys
+                for key in spec.absmax_keys
             ]
         else:
             params = plist
             grads = [p.grad.contiguous() for p in plist]
             states = [[st[key] for st in pstates] for key in spec.state_keys]
-            absmaxes = [[st[key] for st in pstates] for key in absmax_keys]
+            absmaxes = [[st[key] for st in pstates] for key in spec.absmax_keys]
         # The kernels read and write raw memory: work on contiguous copies (copied back below).
         work_params = [p if p.is_contiguous() else p.contiguous() for p in params]
         qmaps, thresholds, buckets = [], [], []

@@ -33,9 +33,14 @@ BYTES_8BIT = 16 + 2 * 2 * 4 / 256
 BYTES_32BIT = 28
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_threads() -> list[int]:
-    """1, 2, 4, ... up to the CPUs this process may run on, and that count itself."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """1, 2, 4, ... up to the usable CPUs, and that count itself."""
+    cpus = usable_cpus()
     counts = [1]
     while counts[-1] * 2 <= cpus:
         counts.append(counts[-1] * 2)
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(args.params, threads, args.rounds, args.warmup))
     env = {
         "cpu": cpu_name(),
-        "usable_cpus": default_threads()[-1],
+        "usable_cpus": usable_cpus(),
         "isa": str(C.cpu_isa()),
         "torch": torch.__version__,
         "bnb8": bnb8.__version__,
