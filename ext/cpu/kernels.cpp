@@ -108,6 +108,18 @@ int64_t for_each_block(const UpdateArgs& a, Fn fn) {
   return sum;
 }
 
+// Whether x[0..len) holds no NaN or Inf. AVX-512 builds: x * 0 + acc, which stays 0 for finite x
+// and turns NaN otherwise, in four chains (simd_search.h); elsewhere the integer maximum of the
+// magnitudes (block_absmax), whose short latency keeps it off the update's critical path.
+template <class T>
+bool all_finite(const typename T::storage* x, int64_t len) {
+#if defined(BNB8_SIMD_SEARCH)
+  return block_all_finite16<T>(x, len);
+#else
+  return is_finite(block_absmax<T>(x, len));
+#endif
+}
+
 // ok ? a : b in bit operations, for the stores of the update loop without AVX-512: GCC turns a
 // ternary there into a masked store, which AVX2 executes slowly (vmaskmovps: the 32-bit AVX2 Adam step
 // took 1.23 ns per element in cache, 0.70 this way). With AVX-512 the loop keeps the plain ternary:
@@ -167,22 +179,16 @@ struct BlockStates {
   }
 };
 
-template <class Rule, class T, bool Quantized, bool Bucketed>
-int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, CodeTables code_tables,
-                     [[maybe_unused]] Searches searches) {
-  constexpr int NS = Rule::kStates;
-  using S = typename T::storage;
-  const TensorSlot& slot = a.slots[t];
-  const Hyper h = a.hyper;
-  const float gscale = a.scales ? a.scales[2 * t] : 1.0f;
-  const float uscale = a.scales ? a.scales[2 * t + 1] : 1.0f;
-  const int64_t start = blk * kOptimBlock, len = std::min(kOptimBlock, slot.n - start);
-  S* p = reinterpret_cast<S*>(slot.p) + start;
-  const S* g = reinterpret_cast<const S*>(slot.g) + start;
-  float fresh[NS][kOptimBlock];  // the decoded states, then the new ones
-  const BlockStates<NS, Quantized> st(a, slot, blk, len, code_tables, fresh);
+// The element loop of update_block. A non-finite (or, with skip_zeros, zero) gradient element leaves its
+// parameter and states as they were; returns how many were non-finite. AllUpdate: the caller checked
+// that every element updates, so the loop drops the per-element test, the selects and the count. Those
+// cost the 8-bit Adam step ~8 % (GCC branches around masked stores and keeps the count in memory), the
+// check ~3 %; both loops round alike (optim.h).
+template <class Rule, class T, bool Quantized, bool AllUpdate, int NS>
+int32_t update_elements(typename T::storage* p, const typename T::storage* g, int64_t len, float gscale,
+                        float uscale, const Hyper& h, const BlockStates<NS, Quantized>& st,
+                        float (&fresh)[NS][kOptimBlock]) {
   int32_t skipped = 0;  // 32-bit: a 64-bit count took GCC ~9 extra vector operations per 16 elements
-
 #pragma omp simd reduction(+ : skipped)
   for (int64_t i = 0; i < len; ++i) {
     const float gi = T::load(g[i]) * gscale;
@@ -190,8 +196,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, CodeTables cod
     float s[NS], s_old[NS];
     for (int k = 0; k < NS; ++k) s_old[k] = s[k] = st(k, i, fresh);
     const float u = Rule::direction(gi, pi, s, h);
-    // A non-finite (or, with skip_zeros, zero) gradient element leaves its parameter and states as they were.
-    const bool ok = updates_element(gi, h);
+    const bool ok = AllUpdate || updates_element(gi, h);
     // Select in fp32, then store: a 16-bit select would keep GCC from vectorising. A skipped element
     // is stored back unchanged (load/store round-trips every finite and infinite value exactly).
 #if defined(__AVX512F__)
@@ -208,8 +213,30 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, CodeTables cod
       if constexpr (Quantized) fresh[k][i] = v;
       else st.fstate[k][i] = v;
     }
-    skipped += int32_t(!is_finite(gi));
+    if constexpr (!AllUpdate) skipped += int32_t(!is_finite(gi));
   }
+  return skipped;
+}
+
+template <class Rule, class T, bool Quantized, bool Bucketed>
+int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, CodeTables code_tables,
+                     [[maybe_unused]] Searches searches) {
+  constexpr int NS = Rule::kStates;
+  using S = typename T::storage;
+  const TensorSlot& slot = a.slots[t];
+  const Hyper h = a.hyper;
+  const float gscale = a.scales ? a.scales[2 * t] : 1.0f;
+  const float uscale = a.scales ? a.scales[2 * t + 1] : 1.0f;
+  const int64_t start = blk * kOptimBlock, len = std::min(kOptimBlock, slot.n - start);
+  S* p = reinterpret_cast<S*>(slot.p) + start;
+  const S* g = reinterpret_cast<const S*>(slot.g) + start;
+  float fresh[NS][kOptimBlock];  // the decoded states, then the new ones
+  const BlockStates<NS, Quantized> st(a, slot, blk, len, code_tables, fresh);
+  // Every element updates when skip_zeros is off and the gradient is finite: |gscale| <= 1 (clipping,
+  // maximize) keeps it finite after scaling. A larger scale is left to the per-element test.
+  const bool all_update = !h.skip_zeros && std::fabs(gscale) <= 1.0f && all_finite<T>(g, len);
+  const int32_t skipped = all_update ? update_elements<Rule, T, Quantized, true>(p, g, len, gscale, uscale, h, st, fresh)
+                                     : update_elements<Rule, T, Quantized, false>(p, g, len, gscale, uscale, h, st, fresh);
 
   if constexpr (Quantized) {
     for (int k = 0; k < NS; ++k) {

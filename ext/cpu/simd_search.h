@@ -349,6 +349,20 @@ inline float block_absmax16(const typename T::storage* x, int64_t len) {
   return bits_to_float(_mm512_reduce_max_epu32(_mm512_max_epu32(m0, m1)));
 }
 
+// Whether a block holds no NaN or Inf: x * 0 is +-0 for finite x and NaN otherwise, and sums of
+// +-0 stay +-0. One multiply-add per 16 values, in four independent chains.
+template <class T>
+inline bool block_all_finite16(const typename T::storage* x, int64_t len) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 a[4] = {zero, zero, zero, zero};
+  int64_t i = 0;
+  for (; i + 64 <= len; i += 64)
+    for (int k = 0; k < 4; ++k) a[k] = _mm512_fmadd_ps(load16<T>(x + i + 16 * k, 16), zero, a[k]);
+  for (; i < len; i += 16) a[0] = _mm512_fmadd_ps(load16<T>(x + i, int(std::min<int64_t>(16, len - i))), zero, a[0]);
+  const __m512 sum = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+  return _mm512_cmp_ps_mask(sum, zero, _CMP_EQ_OQ) == 0xFFFF;
+}
+
 // normalize() of quantize.h for 16 lanes: max/min return their second operand when the first is NaN,
 // exactly like normalize's `y >= -1 ? y : -1` and `y <= 1 ? y : 1`.
 // Clamp = false skips the clamp, for callers whose absmax is finite and the largest |x| of the block

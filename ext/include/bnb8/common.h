@@ -47,6 +47,16 @@ BNB8_HD uint32_t float_to_bits(float f) {
 #endif
 }
 
+// a * b + c, rounded once where the hardware fuses it (CUDA, x86 with FMA, ARM64) and twice elsewhere:
+// an x86-64 build without FMA would run fmaf in software, element by element.
+BNB8_HD float mul_add(float a, float b, float c) {
+#if defined(__CUDACC__) || defined(__FMA__) || defined(__aarch64__)
+  return fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 // Storage types: how one element of a parameter or gradient is read as and written from fp32.
 // Math is always fp32; stores round to nearest even.
 struct F32 {

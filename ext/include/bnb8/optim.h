@@ -6,6 +6,10 @@
 // decay carries decoupled weight decay (1 - lr * wd, or 1), step_size the learning rate with any bias
 // correction, and uscale the per-tensor scale from max_unorm or a trust ratio (1 otherwise).
 // A kernel walks blocks, dequantizes, calls the rule, and requantizes; it never knows the family.
+//
+// Every fused multiply-add is written out (mul_add) and the CPU kernels are built with
+// -ffp-contract=off, so a rule rounds the same in every loop that inlines it and on every instruction
+// set with FMA: left to the compiler, which products got fused depended on the surrounding loop.
 #pragma once
 
 #include "bnb8/common.h"
@@ -33,20 +37,20 @@ struct Hyper {
 BNB8_HD bool updates_element(float g, const Hyper& h) { return is_finite(g) && !(h.skip_zeros && g == 0.0f); }
 
 BNB8_HD float apply_update(float p, float u, float uscale, const Hyper& h) {
-  return p * h.decay - h.step_size * uscale * u;
+  return mul_add(p, h.decay, -(h.step_size * uscale) * u);
 }
 
 // Coupled (L2) weight decay: g + weight_decay * p, and g itself when weight_decay is 0 — as torch skips
 // the term, so an infinite parameter is not turned into NaN by 0 * inf. Both values, then a select on
 // the uniform condition: GCC keeps that form vectorised (a ternary around the expression did not).
 BNB8_HD float with_l2(float g, float p, const Hyper& h) {
-  const float decayed = g + h.weight_decay * p;
+  const float decayed = mul_add(h.weight_decay, p, g);
   return h.weight_decay != 0.0f ? decayed : g;
 }
 
 // The moving average and the bias-corrected direction of Adam, shared by the Adam-like rules.
 // Plain value functions: a helper writing through float& references made GCC's loop 1.7x slower.
-BNB8_HD float ema(float beta, float average, float x) { return beta * average + (1.0f - beta) * x; }
+BNB8_HD float ema(float beta, float average, float x) { return mul_add(beta, average, (1.0f - beta) * x); }
 
 // m / (sqrt(v) / bc2 + eps), as torch writes it, with one division instead of two: the divider, not
 // the vector pipes, bounded the update loop (8-bit Adam step 1.67 -> 1.56 ns per element in cache).
@@ -92,8 +96,8 @@ struct SgdRule {
     // torch's first buffer is the gradient itself: the state starts at 0 and Python passes
     // dampening = 0 on the first step, so no per-element test of h.step is needed (one made
     // the vectorised loop 40 % slower).
-    s[0] = h.momentum * s[0] + (1.0f - h.dampening) * g;
-    const float lookahead = g + h.momentum * s[0];  // computed unconditionally, then selected
+    s[0] = mul_add(h.momentum, s[0], (1.0f - h.dampening) * g);
+    const float lookahead = mul_add(h.momentum, s[0], g);  // computed unconditionally, then selected
     return h.nesterov ? lookahead : s[0];
   }
 };
@@ -108,17 +112,17 @@ struct RMSpropRuleT {
   static constexpr int kStates = 1 + int(kCentered) + int(kMomentum);
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
     g = with_l2(g, p, h);
-    s[0] = h.alpha * s[0] + (1.0f - h.alpha) * g * g;
+    s[0] = ema(h.alpha, s[0], g * g);
     float var = s[0];
     if constexpr (kCentered) {
       constexpr int c = kStates - 1;
-      s[c] = h.alpha * s[c] + (1.0f - h.alpha) * g;
-      var -= s[c] * s[c];
+      s[c] = ema(h.alpha, s[c], g);
+      var = mul_add(-s[c], s[c], var);
       var = var > 0.0f ? var : 0.0f;
     }
     const float d = g / (sqrtf(var) + h.eps);
     if constexpr (kMomentum) {
-      s[1] = h.momentum * s[1] + d;
+      s[1] = mul_add(h.momentum, s[1], d);
       return s[1];
     }
     return d;
@@ -136,7 +140,7 @@ struct AdagradRule {
   static constexpr int kStates = 1;
   BNB8_HD static float direction(float g, float p, float (&s)[kStates], const Hyper& h) {
     g = with_l2(g, p, h);
-    s[0] += g * g;
+    s[0] = mul_add(g, g, s[0]);
     return g / (sqrtf(s[0]) + h.eps);
   }
 };
@@ -147,8 +151,8 @@ struct LionRule {
   static constexpr const char* kName = "lion";
   static constexpr int kStates = 1;
   BNB8_HD static float direction(float g, float, float (&s)[kStates], const Hyper& h) {
-    const float c = h.beta1 * s[0] + (1.0f - h.beta1) * g;
-    s[0] = h.beta2 * s[0] + (1.0f - h.beta2) * g;
+    const float c = ema(h.beta1, s[0], g);
+    s[0] = ema(h.beta2, s[0], g);
     return c > 0.0f ? 1.0f : (c < 0.0f ? -1.0f : 0.0f);
   }
 };
@@ -164,7 +168,7 @@ struct LambRule {
     g = with_l2(g, p, h);
     s[0] = ema(h.beta1, s[0], g);
     s[1] = ema(h.beta2, s[1], g * g);
-    return adam_direction(s[0], s[1], h) + h.alpha * p;
+    return mul_add(h.alpha, p, adam_direction(s[0], s[1], h));
   }
 };
 
@@ -179,7 +183,7 @@ struct AdEMAMixRule {
     s[0] = ema(h.beta1, s[0], g);
     s[1] = ema(h.beta2, s[1], g * g);
     s[2] = ema(h.beta3, s[2], g);
-    return adam_direction(s[0] + h.alpha * s[2], s[1], h);
+    return adam_direction(mul_add(h.alpha, s[2], s[0]), s[1], h);
   }
 };
 
