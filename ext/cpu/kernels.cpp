@@ -183,13 +183,15 @@ struct BlockStates {
 // parameter and states as they were; returns how many were non-finite. AllUpdate: the caller checked
 // that every element updates, so the loop drops the per-element test, the selects and the count. Those
 // cost the 8-bit Adam step ~8 % (GCC branches around masked stores and keeps the count in memory), the
-// check ~3 %; both loops round alike (optim.h).
+// check ~3 %; both loops round alike (optim.h). AllUpdate with 8-bit states also keeps each new
+// state's largest magnitude bits (block_absmax's maximum) in `largest`, sparing a pass over the block.
 template <class Rule, class T, bool Quantized, bool AllUpdate, int NS>
 int32_t update_elements(typename T::storage* p, const typename T::storage* g, int64_t len, float gscale,
                         float uscale, const Hyper& h, const BlockStates<NS, Quantized>& st,
-                        float (&fresh)[NS][kOptimBlock]) {
+                        float (&fresh)[NS][kOptimBlock], uint32_t (&largest)[NS]) {
   int32_t skipped = 0;  // 32-bit: a 64-bit count took GCC ~9 extra vector operations per 16 elements
-#pragma omp simd reduction(+ : skipped)
+  for (int k = 0; k < NS; ++k) largest[k] = 0;
+#pragma omp simd reduction(+ : skipped) reduction(max : largest[:NS])
   for (int64_t i = 0; i < len; ++i) {
     const float gi = T::load(g[i]) * gscale;
     const float pi = T::load(p[i]);
@@ -212,6 +214,7 @@ int32_t update_elements(typename T::storage* p, const typename T::storage* g, in
 #endif
       if constexpr (Quantized) fresh[k][i] = v;
       else st.fstate[k][i] = v;
+      if constexpr (Quantized && AllUpdate) largest[k] = std::max(largest[k], float_to_bits(v) & 0x7FFFFFFFu);
     }
     if constexpr (!AllUpdate) skipped += int32_t(!is_finite(gi));
   }
@@ -235,13 +238,15 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, CodeTables cod
   // Every element updates when skip_zeros is off and the gradient is finite: |gscale| <= 1 (clipping,
   // maximize) keeps it finite after scaling. A larger scale is left to the per-element test.
   const bool all_update = !h.skip_zeros && std::fabs(gscale) <= 1.0f && all_finite<T>(g, len);
-  const int32_t skipped = all_update ? update_elements<Rule, T, Quantized, true>(p, g, len, gscale, uscale, h, st, fresh)
-                                     : update_elements<Rule, T, Quantized, false>(p, g, len, gscale, uscale, h, st, fresh);
+  uint32_t largest[NS];
+  const int32_t skipped =
+      all_update ? update_elements<Rule, T, Quantized, true>(p, g, len, gscale, uscale, h, st, fresh, largest)
+                 : update_elements<Rule, T, Quantized, false>(p, g, len, gscale, uscale, h, st, fresh, largest);
 
   if constexpr (Quantized) {
     for (int k = 0; k < NS; ++k) {
       const float* f = fresh[k];
-      const float m = block_absmax<F32>(f, len);
+      const float m = all_update ? bits_to_float(largest[k]) : block_absmax<F32>(f, len);
       st.absmax[k][blk] = m;
       uint8_t* c = st.codes[k];
 #if defined(BNB8_SIMD_SEARCH)
