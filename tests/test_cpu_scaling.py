@@ -4,6 +4,7 @@ agree with each other and with what was timed, and bad options are refused by na
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -28,6 +29,29 @@ def test_cpu_scaling_writes_one_consistent_row_per_thread_count(tmp_path, capsys
     assert [int(line.split("|")[1]) for line in body] == [1, 2]
     assert f"{rows[0]['ratio']:.2f}x" in body[0]
     assert "[2/2] 2 thread(s)" in capsys.readouterr().err
+
+
+def test_cpu_scaling_with_bitsandbytes_adds_its_step_and_the_speedup(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    argv = ["--params", "5000", "--threads", "1", "--rounds", "3", "--out", str(tmp_path), "--bitsandbytes"]
+    assert cpu_scaling.main(argv) == 0
+    report = json.loads((tmp_path / "cpu_scaling.json").read_text())
+    (row,) = report["results"]
+    assert row["bitsandbytes_ms"] > 0
+    assert row["speedup"] == pytest.approx(row["bitsandbytes_ms"] / row["bnb8_ms"])
+    assert row["round_speedup_q1"] <= row["round_speedup_q3"]
+    assert report["environment"]["bitsandbytes"]
+    table = (tmp_path / "cpu_scaling.md").read_text()
+    assert "bnb8 speed-up (quartiles)" in table and f"{row['speedup']:.1f}x" in table
+    assert "--bitsandbytes`" in table
+
+
+def test_cpu_scaling_without_bitsandbytes_says_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails
+    with pytest.raises(SystemExit) as exit_info:
+        cpu_scaling.main(["--bitsandbytes", "--params", "10"])
+    assert exit_info.value.code == 2
+    assert "--bitsandbytes: bitsandbytes is not importable" in capsys.readouterr().err
 
 
 def test_cpu_scaling_default_thread_counts_end_at_the_usable_cpus():
