@@ -136,10 +136,12 @@ BNB8_HD float bit_select(bool ok, float a, float b) {
 using CodeTables = const CodeTable*;  // [state]
 using Searches = const Search16*;     // [state]
 constexpr bool kDecodeAhead = true;   // decode a block's codes with permutes before the update loop
+constexpr bool kMaximaInLoop = true;  // see update_elements
 #else
 using CodeTables = const void*;
 using Searches = const void*;
 constexpr bool kDecodeAhead = false;
+constexpr bool kMaximaInLoop = false;
 #endif
 
 // One block's optimizer states, set up the same way for update_block and norms_block: per state the
@@ -183,15 +185,23 @@ struct BlockStates {
 // parameter and states as they were; returns how many were non-finite. AllUpdate: the caller checked
 // that every element updates, so the loop drops the per-element test, the selects and the count. Those
 // cost the 8-bit Adam step ~8 % (GCC branches around masked stores and keeps the count in memory), the
-// check ~3 %; both loops round alike (optim.h). AllUpdate with 8-bit states also keeps each new
-// state's largest magnitude bits (block_absmax's maximum) in `largest`, sparing a pass over the block.
+// check ~3 %; both loops round alike (optim.h). AllUpdate with 8-bit states in AVX-512 builds also
+// keeps each new state's largest magnitude bits (block_absmax's maximum) in `largest`, sparing the
+// encode a pass over the block (step 2-3 % faster); GCC's AVX2 loop with that reduction ran 1.5x slower.
 template <class Rule, class T, bool Quantized, bool AllUpdate, int NS>
 int32_t update_elements(typename T::storage* p, const typename T::storage* g, int64_t len, float gscale,
                         float uscale, const Hyper& h, const BlockStates<NS, Quantized>& st,
                         float (&fresh)[NS][kOptimBlock], uint32_t (&largest)[NS]) {
   int32_t skipped = 0;  // 32-bit: a 64-bit count took GCC ~9 extra vector operations per 16 elements
-  for (int k = 0; k < NS; ++k) largest[k] = 0;
-#pragma omp simd reduction(+ : skipped) reduction(max : largest[:NS])
+  // One scalar per state (rules have at most three), not an array section: an unused array reduction
+  // still cost the 32-bit-state loop 4 %.
+  static_assert(NS <= 3, "update_elements keeps the maxima of at most three states");
+  uint32_t largest0 = 0, largest1 = 0, largest2 = 0;
+#if defined(BNB8_SIMD_SEARCH)
+#pragma omp simd reduction(+ : skipped) reduction(max : largest0, largest1, largest2)
+#else
+#pragma omp simd reduction(+ : skipped)
+#endif
   for (int64_t i = 0; i < len; ++i) {
     const float gi = T::load(g[i]) * gscale;
     const float pi = T::load(p[i]);
@@ -214,10 +224,15 @@ int32_t update_elements(typename T::storage* p, const typename T::storage* g, in
 #endif
       if constexpr (Quantized) fresh[k][i] = v;
       else st.fstate[k][i] = v;
-      if constexpr (Quantized && AllUpdate) largest[k] = std::max(largest[k], float_to_bits(v) & 0x7FFFFFFFu);
+      if constexpr (Quantized && AllUpdate && kMaximaInLoop) {
+        uint32_t& largest_k = k == 0 ? largest0 : k == 1 ? largest1 : largest2;
+        largest_k = std::max(largest_k, float_to_bits(v) & 0x7FFFFFFFu);
+      }
     }
     if constexpr (!AllUpdate) skipped += int32_t(!is_finite(gi));
   }
+  const uint32_t maxima[3] = {largest0, largest1, largest2};
+  for (int k = 0; k < NS; ++k) largest[k] = maxima[k];
   return skipped;
 }
 
@@ -246,7 +261,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, CodeTables cod
   if constexpr (Quantized) {
     for (int k = 0; k < NS; ++k) {
       const float* f = fresh[k];
-      const float m = all_update ? bits_to_float(largest[k]) : block_absmax<F32>(f, len);
+      const float m = all_update && kMaximaInLoop ? bits_to_float(largest[k]) : block_absmax<F32>(f, len);
       st.absmax[k][blk] = m;
       uint8_t* c = st.codes[k];
 #if defined(BNB8_SIMD_SEARCH)
