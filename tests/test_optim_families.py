@@ -439,6 +439,31 @@ def test_blocks_without_skipped_elements_update_like_the_per_element_path(rule, 
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", [0, 63, 64, 200, 255, 256 + 130, 4096])
+def test_one_non_finite_gradient_element_anywhere_in_a_block_is_skipped(where, bad, dtype):
+    """The per-block finiteness check reads a block in four interleaved 64-element chains and a tail:
+    one NaN/Inf at any of those places (here: chain starts and ends, a block's last element, the
+    one-element last block) sends its block through the testing loop, as the reference does."""
+    inputs = _rule_inputs("rmsprop_momentum", dtype, True)
+    grads = inputs[1]
+    grads[1][7] = 0.5  # only `bad` is non-finite
+    grads[1][where] = bad
+    scales = torch.tensor([[1.0, 1.0], [0.5, 1.0]])
+    hyper = _native.hyper_list(**RULE_HYPER)
+    (p_n, s_n, a_n, nf_n), (p_r, s_r, a_r, nf_r) = [
+        _updated("rmsprop_momentum", inputs, hyper, scales, n) for n in (True, False)
+    ]
+    assert nf_n.item() == nf_r.item() == 1
+    assert p_n[1][where] == inputs[0][1][where]  # the skipped element keeps its parameter
+    for a, b in zip(p_n, p_r):
+        torch.testing.assert_close(a, b, rtol=2e-5 if dtype == torch.float32 else 1e-2, atol=1e-6)
+    for a, b in zip(_flat(a_n), _flat(a_r)):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=0)
+
+
 def test_state_block_turned_nan_is_stored_like_the_reference():
     """A state block whose values became NaN (after an overflow to Inf: code 0 * Inf) gets a NaN absmax
     and all-zero codes, as the reference's NaN-propagating amax gives — never a finite absmax over
