@@ -204,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         "median / torch median (below 1: bnb8 is faster), with the quartiles of the per-round ratios. "
         "GB/s counts the bytes each step must move: 16.06 B/param for 8-bit Adam, 28 for torch's 32-bit Adam. "
         + (
-            f" bitsandbytes {env['bitsandbytes']}'s CPU `Adam8bit` ran in the same rounds; speed-up = its median "
-            "/ bnb8's, with the quartiles of the per-round speed-ups."
+            f"bitsandbytes {env['bitsandbytes']}'s CPU `Adam8bit` ran in the same rounds; speed-up = its median "
+            "/ bnb8's, with the quartiles of the per-round speed-ups. "
             if args.bitsandbytes
             else ""
         )
-        + f" `python tests/benchmarks/cpu_scaling.py{' --bitsandbytes' if args.bitsandbytes else ''}`",
+        + f"`python tests/benchmarks/cpu_scaling.py{' --bitsandbytes' if args.bitsandbytes else ''}`",
         "",
         "| threads | torch `Adam(fused=True)` ms | bnb8 `Adam8bit` ms | ratio (quartiles) | torch GB/s | bnb8 GB/s |"
         + (" bitsandbytes `Adam8bit` ms | bnb8 speed-up (quartiles) |" if args.bitsandbytes else ""),
