@@ -23,7 +23,8 @@ constexpr int64_t kMinParallelBlocks = 512;
 // Blocks per chunk of a parallel loop. Chunks go to whichever thread is free (schedule(dynamic)), so
 // a thread slowed by other work on its core (a shared VM, an efficiency core) does not hold up the
 // call as with an even split: on this 2-core VM, 16M-parameter 8-bit Adam steps on 2 threads took
-// 0.73-0.82x the time of static scheduling while the host was busy, and the same when it was quiet.
+// 0.73-0.83x the time of static scheduling while the host was busy and 0.97-0.99x while it was quiet
+// (0.78-1.00x timed end to end from Python).
 // About 8 chunks per thread, and at most 256K elements each: shorter runs (16K) per thread cost 7-9 %
 // even on a quiet host (each thread's memory streams break up).
 inline int64_t chunk_blocks(int64_t blocks, int64_t block_elements, int threads) {
