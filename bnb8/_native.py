@@ -215,13 +215,14 @@ def check_buffer(device: torch.device, name: str, t: torch.Tensor, dtype: torch.
 
 
 def check_search_tables(
-    device: torch.device, name: str, thresholds: torch.Tensor, bucket_lo: torch.Tensor | None
+    device: torch.device, name: str, thresholds: torch.Tensor, bucket_table: torch.Tensor | None
 ) -> None:
     """The tables of ``bnb8.functional.code_search_tables``: 256 float32 thresholds (the last one +inf)
-    and NUM_BUCKETS int32 bucket starts, or none (an empty tensor / None: bisection)."""
+    and NUM_BUCKETS int32 bucket entries (lo << 16 | place: quantize.h), or none (an empty tensor / None:
+    bisection)."""
     check_buffer(device, f"{name} thresholds", thresholds, torch.float32, 256)
-    if bucket_lo is not None and bucket_lo.numel() != 0:
-        check_buffer(device, f"{name} bucket_lo", bucket_lo, torch.int32, C.NUM_BUCKETS)
+    if bucket_table is not None and bucket_table.numel() != 0:
+        check_buffer(device, f"{name} bucket_table", bucket_table, torch.int32, C.NUM_BUCKETS)
 
 
 def check_blocksize(blocksize: int) -> int:
@@ -235,12 +236,12 @@ def check_blocksize(blocksize: int) -> int:
     return int(blocksize)
 
 
-def check_quantize(A: torch.Tensor, thresholds: torch.Tensor, bucket_lo: torch.Tensor | None, blocksize: int,
+def check_quantize(A: torch.Tensor, thresholds: torch.Tensor, bucket_table: torch.Tensor | None, blocksize: int,
                    codes: torch.Tensor, absmax: torch.Tensor) -> None:  # fmt: skip
     check_blocksize(blocksize)
     check_on(A.device, "A", A)
     dtype_code(A, "A")
-    check_search_tables(A.device, "code", thresholds, bucket_lo)
+    check_search_tables(A.device, "code", thresholds, bucket_table)
     check_buffer(A.device, "codes", codes, torch.uint8, A.numel())
     check_buffer(A.device, "absmax", absmax, torch.float32, (A.numel() + blocksize - 1) // blocksize)
 
@@ -258,7 +259,7 @@ def check_dequantize(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tens
 def check_update(rule: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                  states: Sequence[Sequence[torch.Tensor]], absmaxes: Sequence[Sequence[torch.Tensor]],
                  qmaps: Sequence[torch.Tensor], thresholds: Sequence[torch.Tensor] | None,
-                 bucket_lo: Sequence[torch.Tensor], scales: torch.Tensor | None,
+                 bucket_table: Sequence[torch.Tensor], scales: torch.Tensor | None,
                  nonfinite: torch.Tensor | None) -> bool:  # fmt: skip
     """Checks a multi-tensor update (``thresholds=None``: the norms pass, which only decodes) and
     returns whether its states are 8-bit. ``states``/``absmaxes`` hold the non-empty lists only."""
@@ -281,7 +282,10 @@ def check_update(rule: str, params: Sequence[torch.Tensor], grads: Sequence[torc
             check_buffer(device, f"qmaps[{k}]", qmaps[k], torch.float32, 256)
             if thresholds is not None:
                 check_search_tables(
-                    device, f"state {k + 1}", thresholds[k], bucket_lo[k] if k < len(bucket_lo) else None
+                    device,
+                    f"state {k + 1}",
+                    thresholds[k],
+                    bucket_table[k] if k < len(bucket_table) else None,
                 )
     dtype = params[0].dtype
     dtype_code(params[0], "params[0]")

@@ -16,14 +16,14 @@ from bnb8.backends import reference
 
 @torch.library.custom_op("bnb8::quantize_blockwise_", mutates_args=("codes", "absmax"))
 def quantize_blockwise_(
-    A: Tensor, thresholds: Tensor, bucket_lo: Tensor | None, blocksize: int, codes: Tensor, absmax: Tensor
+    A: Tensor, thresholds: Tensor, bucket_table: Tensor | None, blocksize: int, codes: Tensor, absmax: Tensor
 ) -> None:
     """codes[i] = nearest code of A[i] / absmax[block]; absmax[block] = max |A| of the block."""
-    reference.quantize_blockwise_(A, thresholds, bucket_lo, blocksize, codes, absmax)
+    reference.quantize_blockwise_(A, thresholds, bucket_table, blocksize, codes, absmax)
 
 
 @quantize_blockwise_.register_fake
-def _(A, thresholds, bucket_lo, blocksize, codes, absmax):
+def _(A, thresholds, bucket_table, blocksize, codes, absmax):
     torch._check(codes.numel() == A.numel(), lambda: "codes must have A.numel() elements")
     torch._check(absmax.numel() == (A.numel() + blocksize - 1) // blocksize, lambda: "one absmax per block")
 
@@ -55,7 +55,7 @@ def optimizer_update_(
     absmax3: list[Tensor],
     qmaps: list[Tensor],
     thresholds: list[Tensor],
-    bucket_lo: list[Tensor],
+    bucket_table: list[Tensor],
     hyper: list[float],
     scales: Tensor | None,
     nonfinite: Tensor,
@@ -63,19 +63,19 @@ def optimizer_update_(
     """One fused step of update rule ``rule`` for many parameters of one dtype and device.
 
     States are uint8 codes with float32 absmax per 256-element block (8-bit; ``absmaxK`` non-empty)
-    or float32 tensors (32-bit; ``absmaxK`` empty). ``qmaps``/``thresholds``/``bucket_lo`` hold the
-    code table and its search tables per state (an empty bucket_lo tensor selects bisection).
+    or float32 tensors (32-bit; ``absmaxK`` empty). ``qmaps``/``thresholds``/``bucket_table`` hold the
+    code table and its search tables per state (an empty bucket_table tensor selects bisection).
     ``scales`` is float32 [len(params), 2]: gradient scale and update scale per tensor (None = 1).
     ``nonfinite`` (int64, one element) is increased by the number of skipped NaN/Inf gradient elements.
     """
     reference.optimizer_update_(
         rule, params, grads, [state1, state2, state3], [absmax1, absmax2, absmax3],
-        qmaps, thresholds, bucket_lo, hyper, scales, nonfinite,
+        qmaps, thresholds, bucket_table, hyper, scales, nonfinite,
     )  # fmt: skip
 
 
 @optimizer_update_.register_fake
-def _(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, thresholds, bucket_lo,
+def _(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, thresholds, bucket_table,
       hyper, scales, nonfinite):  # fmt: skip
     torch._check(len(grads) == len(params), lambda: "one gradient per parameter")
 

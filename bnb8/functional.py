@@ -148,9 +148,19 @@ def _build_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     y_max = torch.cat([mag_hi, -mag_lo])
     lo = torch.searchsorted(thr, y_min)  # thresholds below the bucket
     inside = torch.searchsorted(thr, y_max) - lo  # thresholds a value of the bucket may cross
-    if int(inside.max()) > 1:
+    # Bucket 0 of each sign spans many binades (|y| < 2^-25 and zero), where y's low bits do not order
+    # the values: a threshold there needs the bisection (the linear map has one at 0).
+    if int(inside.max()) > 1 or int(inside[0]) or int(inside[half]):
         return thr, None
-    return thr, lo.to(torch.int32)
+    # Each entry: lo << 16 | the place of threshold lo inside the bucket. Inside a bucket every value
+    # shares its sign, exponent and top mantissa bits, so the low 16 bits order the values (reversed
+    # for negatives: flipped, as bucket_place does with y). A bucket that no threshold crosses gets
+    # 0xFFFF, which no place exceeds.
+    thr_bits = thr.view(torch.int32).to(torch.int64)[lo.clamp(max=254)] & 0xFFFF
+    negative = torch.arange(2 * half) >= half
+    place = torch.where(negative, thr_bits ^ 0xFFFF, thr_bits)
+    place = torch.where(inside == 1, place, torch.full_like(place, 0xFFFF))
+    return thr, ((lo << 16) | place).to(torch.int32)
 
 
 def _exact_round_down(thr: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -174,7 +184,7 @@ def _exact_round_down(thr: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 
 
 def code_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(thresholds, bucket_lo) for ``code`` on its device; bucket_lo is None when bisection is needed.
+    """(thresholds, bucket_table) for ``code`` on its device; bucket_table is None when bisection is needed.
 
     Cached by the code's content, so the optimizer's maps are built once per device.
     """
@@ -258,10 +268,10 @@ def quantize_blockwise(
     absmax = _native.output_buffer(absmax, "absmax", (nblocks,), torch.float32, A.device)
     out = _native.output_buffer(out, "out", A.shape, torch.uint8, A.device)
     _native.check_no_overlap(A=A, out=out, absmax=absmax)
-    thresholds, bucket_lo = code_search_tables(code)
+    thresholds, bucket_table = code_search_tables(code)
     # NaN/Inf in A is found by the kernel itself (a NaN absmax), not by an extra pass over A: the
     # error comes after it ran, so out/absmax passed in then hold that call's codes (README).
-    _ops.quantize_blockwise_(A, thresholds, bucket_lo, blocksize, out.view(-1), absmax)
+    _ops.quantize_blockwise_(A, thresholds, bucket_table, blocksize, out.view(-1), absmax)
     if A.numel() and not torch.isfinite(absmax).all():
         raise ValueError("A: holds NaN or Inf; block-wise quantization needs finite values")
     state = QuantState(absmax=absmax, shape=A.shape, code=code, blocksize=blocksize, dtype=A.dtype)

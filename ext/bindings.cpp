@@ -25,7 +25,7 @@ const T* ptr(uintptr_t address) {
 }
 
 QuantizeArgs quantize_args(int32_t dtype, uintptr_t x, uintptr_t codes, uintptr_t absmax, int64_t n,
-                           int64_t blocksize, uintptr_t qmap, uintptr_t thresholds, uintptr_t bucket_lo,
+                           int64_t blocksize, uintptr_t qmap, uintptr_t thresholds, uintptr_t bucket_table,
                            int32_t num_threads, uintptr_t stream) {
   QuantizeArgs a;
   a.dtype = DType(dtype);
@@ -35,7 +35,7 @@ QuantizeArgs quantize_args(int32_t dtype, uintptr_t x, uintptr_t codes, uintptr_
   a.n = n;
   a.blocksize = blocksize;
   a.qmap = ptr<float>(qmap);
-  a.search = CodeSearch{ptr<float>(thresholds), ptr<int32_t>(bucket_lo)};
+  a.search = CodeSearch{ptr<float>(thresholds), ptr<int32_t>(bucket_table)};
   a.num_threads = num_threads;
   a.stream = stream;
   return a;
@@ -49,12 +49,12 @@ struct UpdateCall {
 
 UpdateCall update_args(int32_t rule, int32_t dtype, bool quantized, const std::vector<int64_t>& table,
                        const Hyper& hyper, const std::vector<uintptr_t>& qmaps,
-                       const std::vector<uintptr_t>& thresholds, const std::vector<uintptr_t>& bucket_lo,
+                       const std::vector<uintptr_t>& thresholds, const std::vector<uintptr_t>& bucket_table,
                        uintptr_t scales, uintptr_t nonfinite, uintptr_t norms, int32_t num_threads,
                        uintptr_t stream) {
   if (table.size() % kSlotWords != 0) throw std::invalid_argument("slot table size is not a multiple of 9");
-  if (qmaps.size() != kMaxStates || thresholds.size() != kMaxStates || bucket_lo.size() != kMaxStates)
-    throw std::invalid_argument("qmaps, thresholds and bucket_lo need one entry per state slot (3)");
+  if (qmaps.size() != kMaxStates || thresholds.size() != kMaxStates || bucket_table.size() != kMaxStates)
+    throw std::invalid_argument("qmaps, thresholds and bucket_table need one entry per state slot (3)");
   UpdateCall call;
   call.slots.resize(table.size() / kSlotWords);
   static_assert(sizeof(TensorSlot) == kSlotWords * sizeof(int64_t), "TensorSlot layout");
@@ -68,7 +68,7 @@ UpdateCall update_args(int32_t rule, int32_t dtype, bool quantized, const std::v
   a.hyper = hyper;
   for (int k = 0; k < kMaxStates; ++k) {
     a.qmap[k] = ptr<float>(qmaps[k]);
-    a.search[k] = CodeSearch{ptr<float>(thresholds[k]), ptr<int32_t>(bucket_lo[k])};
+    a.search[k] = CodeSearch{ptr<float>(thresholds[k]), ptr<int32_t>(bucket_table[k])};
   }
   a.scales = ptr<float>(scales);
   a.nonfinite = reinterpret_cast<int64_t*>(nonfinite);
@@ -88,17 +88,17 @@ py::list rules() {
 
 template <void (*Fn)(const QuantizeArgs&)>
 void quantize_entry(int32_t dtype, uintptr_t x, uintptr_t codes, uintptr_t absmax, int64_t n, int64_t blocksize,
-                    uintptr_t qmap, uintptr_t thresholds, uintptr_t bucket_lo, int32_t num_threads,
+                    uintptr_t qmap, uintptr_t thresholds, uintptr_t bucket_table, int32_t num_threads,
                     uintptr_t stream) {
-  Fn(quantize_args(dtype, x, codes, absmax, n, blocksize, qmap, thresholds, bucket_lo, num_threads, stream));
+  Fn(quantize_args(dtype, x, codes, absmax, n, blocksize, qmap, thresholds, bucket_table, num_threads, stream));
 }
 
 template <void (*Fn)(const UpdateArgs&)>
 void update_entry(int32_t rule, int32_t dtype, bool quantized, const std::vector<int64_t>& table,
                   const Hyper& hyper, const std::vector<uintptr_t>& qmaps, const std::vector<uintptr_t>& thresholds,
-                  const std::vector<uintptr_t>& bucket_lo, uintptr_t scales, uintptr_t nonfinite, uintptr_t norms,
+                  const std::vector<uintptr_t>& bucket_table, uintptr_t scales, uintptr_t nonfinite, uintptr_t norms,
                   int32_t num_threads, uintptr_t stream) {
-  UpdateCall call = update_args(rule, dtype, quantized, table, hyper, qmaps, thresholds, bucket_lo, scales,
+  UpdateCall call = update_args(rule, dtype, quantized, table, hyper, qmaps, thresholds, bucket_table, scales,
                                 nonfinite, norms, num_threads, stream);
   Fn(call.args);
 }
@@ -108,9 +108,9 @@ template <void (*Q)(const QuantizeArgs&), void (*D)(const QuantizeArgs&), void (
           void (*N)(const UpdateArgs&)>
 void bind_device(py::module_& m, const std::string& prefix) {
   const auto release = py::call_guard<py::gil_scoped_release>();
-  const char* qdoc = "(dtype, x, codes, absmax, n, blocksize, qmap, thresholds, bucket_lo, num_threads, stream)";
+  const char* qdoc = "(dtype, x, codes, absmax, n, blocksize, qmap, thresholds, bucket_table, num_threads, stream)";
   const char* udoc =
-      "(rule, dtype, quantized, table, hyper, qmaps, thresholds, bucket_lo, scales, nonfinite, norms, "
+      "(rule, dtype, quantized, table, hyper, qmaps, thresholds, bucket_table, scales, nonfinite, norms, "
       "num_threads, stream)";
   m.def((prefix + "_quantize_blockwise").c_str(), &quantize_entry<Q>, release, qdoc);
   m.def((prefix + "_dequantize_blockwise").c_str(), &quantize_entry<D>, release, qdoc);

@@ -17,6 +17,7 @@ import torch
 
 import bnb8
 import bnb8.functional as F
+from bnb8 import _native
 from bnb8.backends import reference
 from tests.conftest import FLOAT_DTYPES, run_under_isa
 
@@ -67,14 +68,67 @@ def test_thresholds_exact_for_codes_of_very_different_magnitude():
 
 
 def test_clustered_map_takes_the_bisection_path():
-    _, bucket_lo = F.code_search_tables(clustered_map())
-    assert bucket_lo is None
+    _, bucket_table = F.code_search_tables(clustered_map())
+    assert bucket_table is None
 
 
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_dynamic_maps_take_the_bucketed_path(signed):
-    _, bucket_lo = F.code_search_tables(F.create_dynamic_map(signed=signed))
-    assert bucket_lo is not None and bucket_lo.dtype == torch.int32
+    _, bucket_table = F.code_search_tables(F.create_dynamic_map(signed=signed))
+    assert bucket_table is not None and bucket_table.dtype == torch.int32
+
+
+def test_a_threshold_in_bucket_0_takes_the_bisection_path():
+    """Bucket 0 spans many binades (|y| < 2**-25 and zero), where y's low bits do not order values:
+    256 evenly spaced codes from -1 to 1 have their middle threshold at exactly 0."""
+    thresholds, bucket_table = F.code_search_tables(torch.linspace(-1.0, 1.0, 256))
+    assert thresholds[127].item() == 0.0 and bucket_table is None
+
+
+def bucketed_search(y: torch.Tensor, bucket_table: torch.Tensor) -> torch.Tensor:
+    """nearest_code_bucketed of quantize.h, written again with torch integer ops (int64: no sign
+    surprises): the bucket from y's bits, lo from bits 16-23 of its entry, plus one when y's place
+    in the bucket (low 16 bits, flipped for negatives) is above the entry's place."""
+    C = _native.C
+    bits = y.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    magnitude, negative = bits & 0x7FFFFFFF, bits >> 31
+    floor = C.BUCKET_MIN_EXPONENT << 23
+    above_floor = 1 + ((magnitude - floor) >> (23 - C.BUCKET_MANTISSA_BITS))
+    bucket = torch.where(magnitude >= floor, above_floor, 0) + negative * C.HALF_BUCKETS
+    entry = bucket_table.to(torch.int64)[bucket]
+    place = (bits ^ (negative * 0xFFFF)) & 0xFFFF
+    return (entry >> 16) + (place > (entry & 0xFFFF)).long()
+
+
+@pytest.mark.parametrize("name", ["dyn_signed", "dyn_unsigned", "linear"])
+def test_bucket_table_counts_thresholds_below_y(name):
+    """The bucket table's one lookup gives torch.searchsorted(thresholds, y) — the count of thresholds
+    below y — for every threshold and its float neighbours, both ends of every bucket, zeros,
+    denormals and random values of [-1, 1]."""
+    thresholds, bucket_table = F.code_search_tables(MAPS[name]())
+    assert bucket_table is not None
+    C = _native.C
+    shift = 23 - C.BUCKET_MANTISSA_BITS
+    starts = (C.BUCKET_MIN_EXPONENT << 23) + (torch.arange(C.HALF_BUCKETS - 1, dtype=torch.int64) << shift)
+    ends = torch.cat([starts - 1, starts + (1 << shift) - 1])
+    magnitudes = torch.cat([starts, ends]).to(torch.int32).view(torch.float32)
+    finite = thresholds[:-1]
+    up, down = torch.full_like(finite, 2.0), torch.full_like(finite, -2.0)
+    g = torch.Generator().manual_seed(3)
+    y = torch.cat(
+        [
+            finite,
+            torch.nextafter(finite, up),
+            torch.nextafter(finite, down),
+            magnitudes,
+            -magnitudes,
+            torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 1e-40, -1e-40, 2.0**-25, -(2.0**-25)]),
+            torch.rand(100_000, generator=g) * 2 - 1,
+            (torch.rand(100_000, generator=g) * 2 - 1) * 10.0 ** -(7 * torch.rand(100_000, generator=g)),
+        ]
+    )
+    y = y[y.abs() <= 1]
+    assert torch.equal(bucketed_search(y, bucket_table), torch.searchsorted(thresholds, y))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -255,11 +309,11 @@ def test_quantize_exact_on_gaussian_and_scaled_data(dtype):
 def test_native_kernel_equals_reference_backend(map_name, blocksize, dtype):
     code = MAPS[map_name]()
     x = heavy_tailed(2 * 4096 + 131, dtype, code, seed=3 + blocksize)
-    thresholds, bucket_lo = F.code_search_tables(code)
+    thresholds, bucket_table = F.code_search_tables(code)
     nblocks = (x.numel() + blocksize - 1) // blocksize
     ref_codes = torch.empty(x.numel(), dtype=torch.uint8)
     ref_absmax = torch.empty(nblocks)
-    reference.quantize_blockwise_(x, thresholds, bucket_lo, blocksize, ref_codes, ref_absmax)
+    reference.quantize_blockwise_(x, thresholds, bucket_table, blocksize, ref_codes, ref_absmax)
     codes, state = F.quantize_blockwise(x, code=code, blocksize=blocksize)
     assert torch.equal(codes, ref_codes)
     assert torch.equal(state.absmax, ref_absmax)
@@ -275,11 +329,11 @@ def test_native_kernel_equals_reference_on_non_finite_blocks(dtype):
     x = torch.randn(64 * 5 + 9).to(dtype)
     x[3], x[64 + 10], x[128 + 63], x[-1] = float("nan"), float("inf"), float("-inf"), float("nan")
     code = F.create_dynamic_map(signed=True)
-    thresholds, bucket_lo = F.code_search_tables(code)
+    thresholds, bucket_table = F.code_search_tables(code)
     got_codes, got_absmax = torch.empty(x.numel(), dtype=torch.uint8), torch.empty(6)
     ref_codes, ref_absmax = torch.empty_like(got_codes), torch.empty_like(got_absmax)
-    torch.ops.bnb8.quantize_blockwise_(x, thresholds, bucket_lo, 64, got_codes, got_absmax)
-    reference.quantize_blockwise_(x, thresholds, bucket_lo, 64, ref_codes, ref_absmax)
+    torch.ops.bnb8.quantize_blockwise_(x, thresholds, bucket_table, 64, got_codes, got_absmax)
+    reference.quantize_blockwise_(x, thresholds, bucket_table, 64, ref_codes, ref_absmax)
     assert torch.equal(got_codes, ref_codes)
     assert torch.equal(got_absmax.isnan(), torch.tensor([True, True, True, False, False, True]))
     assert torch.equal(got_absmax[3:5], ref_absmax[3:5])

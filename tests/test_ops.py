@@ -27,12 +27,12 @@ def test_opcheck_quantize_blockwise(device, dtype, bucketed):
     code = F.create_dynamic_map(signed=True)
     if not bucketed:
         code = torch.sort(torch.cat([code[:-20], 0.5 + torch.arange(20) * 1e-5])).values
-    thresholds, bucket_lo = F.code_search_tables(code.to(device))
-    assert (bucket_lo is not None) == bucketed
+    thresholds, bucket_table = F.code_search_tables(code.to(device))
+    assert (bucket_table is not None) == bucketed
     A = torch.randn(1000, device=device, dtype=dtype)
     codes = torch.empty(1000, dtype=torch.uint8, device=device)
     absmax = torch.empty(4, device=device)
-    _opcheck(_ops.quantize_blockwise_, (A, thresholds, bucket_lo, 256, codes, absmax))
+    _opcheck(_ops.quantize_blockwise_, (A, thresholds, bucket_table, 256, codes, absmax))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -55,17 +55,17 @@ def _adam_args(device: str, dtype: torch.dtype, eight_bit: bool, sizes=(300, 100
         qmaps = [F.dynamic_map(True, device), F.dynamic_map(False, device)]
         tables = [F.code_search_tables(q) for q in qmaps]
         thresholds = [t for t, _ in tables]
-        bucket_lo = [lo for _, lo in tables]
+        bucket_table = [lo for _, lo in tables]
         qm = [F.quantize_blockwise(t, code=qmaps[0], blocksize=256) for t in m]
         qv = [F.quantize_blockwise(t, code=qmaps[1], blocksize=256) for t in v]
         state1, absmax1 = [c for c, _ in qm], [s.absmax for _, s in qm]
         state2, absmax2 = [c for c, _ in qv], [s.absmax for _, s in qv]
     else:
-        qmaps, thresholds, bucket_lo = [], [], []
+        qmaps, thresholds, bucket_table = [], [], []
         state1, state2, absmax1, absmax2 = m, v, [], []
     hyper = _native.hyper_list(step_size=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, bias_correction2_sqrt=0.1)
     scales = torch.tensor([[1.0, 1.0], [0.5, 2.0]], device=device)
-    return params, grads, state1, state2, absmax1, absmax2, qmaps, thresholds, bucket_lo, hyper, scales
+    return params, grads, state1, state2, absmax1, absmax2, qmaps, thresholds, bucket_table, hyper, scales
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -94,14 +94,14 @@ def test_opcheck_optimizer_norms(device, dtype, eight_bit):
 def test_compile_quantize_dequantize_fullgraph(device, dtype):
     torch._dynamo.reset()
     code = F.dynamic_map(True, device)
-    thresholds, bucket_lo = F.code_search_tables(code)
+    thresholds, bucket_table = F.code_search_tables(code)
     blocksize = 256
 
     def roundtrip(x: torch.Tensor) -> torch.Tensor:
         n = x.numel()
         codes = torch.empty(n, dtype=torch.uint8, device=x.device)
         absmax = torch.empty((n + blocksize - 1) // blocksize, dtype=torch.float32, device=x.device)
-        torch.ops.bnb8.quantize_blockwise_(x.reshape(-1), thresholds, bucket_lo, blocksize, codes, absmax)
+        torch.ops.bnb8.quantize_blockwise_(x.reshape(-1), thresholds, bucket_table, blocksize, codes, absmax)
         out = torch.empty(n, dtype=x.dtype, device=x.device)
         torch.ops.bnb8.dequantize_blockwise_(codes, absmax, code, blocksize, out)
         return out.view(x.shape) * 2
@@ -141,11 +141,11 @@ def test_compiled_optimizer_step_has_no_graph_breaks_and_matches_eager():
 
 
 def _quantize_args(device):
-    thresholds, bucket_lo = F.code_search_tables(F.dynamic_map(True, device))
+    thresholds, bucket_table = F.code_search_tables(F.dynamic_map(True, device))
     A = torch.randn(1000, device=device)
     codes = torch.zeros(1000, dtype=torch.uint8, device=device)
     absmax = torch.zeros(4, device=device)
-    return {"A": A, "thresholds": thresholds, "bucket_lo": bucket_lo, "blocksize": 256, "codes": codes,
+    return {"A": A, "thresholds": thresholds, "bucket_table": bucket_table, "blocksize": 256, "codes": codes,
             "absmax": absmax}  # fmt: skip
 
 
@@ -159,7 +159,7 @@ def _quantize_args(device):
         ({"codes": torch.zeros(999, dtype=torch.uint8)}, "codes: expected 1000 elements"),
         ({"codes": torch.zeros(2000, dtype=torch.uint8)[::2]}, "codes: expected a contiguous tensor"),
         ({"thresholds": torch.zeros(128)}, "code thresholds: expected 256 elements of torch.float32"),
-        ({"bucket_lo": torch.zeros(7, dtype=torch.int32)}, "code bucket_lo: expected"),
+        ({"bucket_table": torch.zeros(7, dtype=torch.int32)}, "code bucket_table: expected"),
         ({"blocksize": 100}, "blocksize: expected one of"),
         ({"A": torch.zeros(1000, dtype=torch.int32)}, "A: expected float32, float16 or bfloat16"),
     ],
@@ -170,7 +170,7 @@ def _quantize_args(device):
         "codes-size",
         "codes-strided",
         "thresholds",
-        "bucket_lo",
+        "bucket_table",
         "blocksize",
         "A-dtype",
     ],  # fmt: skip
@@ -215,7 +215,7 @@ def test_raw_dequantize_refuses_bad_buffers(device, change, match):
         ("state-count", "state1: expected one tensor per parameter"),
         ("qmap", r"qmaps\[1\]: expected 256 elements of torch.float32"),
         ("thresholds", "state 1 thresholds: expected 256 elements"),
-        ("bucket_lo", "state 2 bucket_lo: expected"),
+        ("bucket_table", "state 2 bucket_table: expected"),
         ("grad-size", r"grads\[0\]: expected 300 elements"),
         ("scales", "scales: expected 4 elements of torch.float32"),
         ("rule", "rule: unknown update rule"),
@@ -238,7 +238,7 @@ def test_raw_update_refuses_bad_buffers(device, where, match):
         qmaps[1] = qmaps[1][:256].double()
     elif where == "thresholds":
         thr[0] = thr[0][:100]
-    elif where == "bucket_lo":
+    elif where == "bucket_table":
         lo[1] = lo[1][:3]
     elif where == "grad-size":
         g[0] = g[0][:-1]

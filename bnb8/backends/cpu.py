@@ -13,11 +13,11 @@ from bnb8._native import C, address
 
 
 @_ops.quantize_blockwise_.register_kernel("cpu")
-def _(A, thresholds, bucket_lo, blocksize, codes, absmax):
-    _native.check_quantize(A, thresholds, bucket_lo, blocksize, codes, absmax)
+def _(A, thresholds, bucket_table, blocksize, codes, absmax):
+    _native.check_quantize(A, thresholds, bucket_table, blocksize, codes, absmax)
     C.cpu_quantize_blockwise(
         _native.dtype_code(A, "A"), A.data_ptr(), codes.data_ptr(), absmax.data_ptr(), A.numel(), blocksize,
-        0, thresholds.data_ptr(), address(bucket_lo), _native.num_threads(), 0,
+        0, thresholds.data_ptr(), address(bucket_table), _native.num_threads(), 0,
     )  # fmt: skip
 
 
@@ -30,7 +30,7 @@ def _(codes, absmax, code, blocksize, out):
     )  # fmt: skip
 
 
-def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, bucket_lo, hyper, scales,
+def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, bucket_table, hyper, scales,
                  nonfinite, norms, trusted):  # fmt: skip
     if not params:
         return
@@ -41,7 +41,7 @@ def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, b
     else:
         norms_pass = fn is C.cpu_optimizer_norms  # decodes only: no search tables
         quantized = _native.check_update(
-            rule, params, grads, states, absmaxes, qmaps, None if norms_pass else thresholds, bucket_lo, scales,
+            rule, params, grads, states, absmaxes, qmaps, None if norms_pass else thresholds, bucket_table, scales,
             nonfinite,
         )  # fmt: skip
     fn(
@@ -52,7 +52,7 @@ def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, b
         _native.hyper_struct(hyper),
         _native.state_addresses(qmaps),
         _native.state_addresses(thresholds),
-        _native.state_addresses(bucket_lo),
+        _native.state_addresses(bucket_table),
         address(scales),
         address(nonfinite),
         address(norms),
@@ -66,10 +66,10 @@ def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, b
 # checks cost more than the step itself (2.1 -> 3.2 ms).
 @_ops.optimizer_update_.register_kernel("cpu")
 def optimizer_update_(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, thresholds,
-                      bucket_lo, hyper, scales, nonfinite, trusted=False):  # fmt: skip
+                      bucket_table, hyper, scales, nonfinite, trusted=False):  # fmt: skip
     _update_call(
         C.cpu_optimizer_update, rule, params, grads, [state1, state2, state3], [absmax1, absmax2, absmax3],
-        qmaps, thresholds, bucket_lo, hyper, scales, nonfinite, None, trusted,
+        qmaps, thresholds, bucket_table, hyper, scales, nonfinite, None, trusted,
     )  # fmt: skip
 
 

@@ -29,12 +29,12 @@ def _device_of(t: Tensor, name: str) -> torch.device:
 
 
 @_ops.quantize_blockwise_.register_kernel("cuda")
-def _(A, thresholds, bucket_lo, blocksize, codes, absmax):
+def _(A, thresholds, bucket_table, blocksize, codes, absmax):
     device = _device_of(A, "A")
-    _native.check_quantize(A, thresholds, bucket_lo, blocksize, codes, absmax)
+    _native.check_quantize(A, thresholds, bucket_table, blocksize, codes, absmax)
     C.cuda_quantize_blockwise(
         _native.dtype_code(A, "A"), A.data_ptr(), codes.data_ptr(), absmax.data_ptr(), A.numel(), blocksize,
-        0, thresholds.data_ptr(), address(bucket_lo), 1, _stream(device),
+        0, thresholds.data_ptr(), address(bucket_table), 1, _stream(device),
     )  # fmt: skip
 
 
@@ -48,7 +48,7 @@ def _(codes, absmax, code, blocksize, out):
     )  # fmt: skip
 
 
-def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, bucket_lo, hyper, scales,
+def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, bucket_table, hyper, scales,
                  nonfinite, norms):  # fmt: skip
     device = _device_of(params[0], "params[0]")
     rule_index = _native.rule_index(rule)
@@ -63,7 +63,7 @@ def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, b
         absmaxes,
         qmaps,
         thresholds if searching else None,
-        bucket_lo,
+        bucket_table,
         scales,
         nonfinite,
     )
@@ -76,7 +76,7 @@ def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, b
         _native.hyper_struct(hyper),
         _native.state_addresses(qmaps),
         _native.state_addresses(thresholds),
-        _native.state_addresses(bucket_lo),
+        _native.state_addresses(bucket_table),
         address(scales),
         address(nonfinite),
         address(norms),
@@ -86,13 +86,13 @@ def _update_call(fn, rule, params, grads, states, absmaxes, qmaps, thresholds, b
 
 
 @_ops.optimizer_update_.register_kernel("cuda")
-def _(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, thresholds, bucket_lo,
+def _(rule, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmaps, thresholds, bucket_table,
       hyper, scales, nonfinite):  # fmt: skip
     if not params:
         return
     _update_call(
         C.cuda_optimizer_update, rule, params, grads, [state1, state2, state3], [absmax1, absmax2, absmax3],
-        qmaps, thresholds, bucket_lo, hyper, scales, nonfinite, None,
+        qmaps, thresholds, bucket_table, hyper, scales, nonfinite, None,
     )  # fmt: skip
 
 

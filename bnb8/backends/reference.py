@@ -133,7 +133,7 @@ def _encode(x: Tensor, per_element_absmax: Tensor, thresholds: Tensor) -> Tensor
 
 
 def quantize_blockwise_(
-    A: Tensor, thresholds: Tensor, bucket_lo: Tensor | None, blocksize: int, codes: Tensor, absmax: Tensor
+    A: Tensor, thresholds: Tensor, bucket_table: Tensor | None, blocksize: int, codes: Tensor, absmax: Tensor
 ) -> None:
     x = A.reshape(-1).float()
     per_element, per_block = _block_scale(x, blocksize)
@@ -184,7 +184,7 @@ def optimizer_update_(
     absmaxes: list[list[Tensor]],
     qmaps: list[Tensor],
     thresholds: list[Tensor],
-    bucket_lo: list[Tensor],
+    bucket_table: list[Tensor],
     hyper: list[float],
     scales: Tensor | None,
     nonfinite: Tensor,

@@ -11,6 +11,7 @@
 #include "bnb8/api.h"
 #include "cpu/kernels.h"
 #include "cpu/simd_search.h"
+#include "cpu/simd_avx2.h"  // after simd_search.h: only for builds without its AVX-512 search
 
 namespace bnb8::cpu::BNB8_ISA {
 
@@ -47,6 +48,20 @@ float block_absmax(const typename T::storage* x, int64_t len) {
 #endif
 }
 
+// codes[i] = encode(x[i], absmax) for one block, searching the tables in memory (builds without
+// AVX-512, which search in registers: encode_block16). absmax must be the block's largest |x|, or NaN.
+template <class T, bool Bucketed>
+void encode_block_from_tables(const typename T::storage* x, uint8_t* codes, int64_t len, float absmax,
+                              const CodeSearch& search) {
+#if defined(BNB8_AVX2_SEARCH)
+  if constexpr (Bucketed) return encode_block8<T>(x, codes, len, absmax, search.bucket_table);
+#endif
+  const float* thr = search.thresholds;  // locals: vectorisers need loop-invariant pointers
+  const int32_t* table = search.bucket_table;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) codes[i] = encode<Bucketed>(T::load(x[i]), absmax, thr, table);
+}
+
 template <class T, bool Bucketed>
 void quantize_impl(const QuantizeArgs& a) {
   using S = typename T::storage;
@@ -74,10 +89,7 @@ void quantize_impl(const QuantizeArgs& a) {
     const bool next_whole = (b + 2) * bs <= a.n;
     encode_block16<T>(xb, cb, len, m, search, next_whole ? xb + bs : nullptr);
 #else
-    const float* thr = cs.thresholds;
-    const int32_t* lo = cs.bucket_lo;
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) cb[i] = encode<Bucketed>(T::load(xb[i]), m, thr, lo);
+    encode_block_from_tables<T, Bucketed>(xb, cb, len, m, cs);
 #endif
   }
 }
@@ -155,6 +167,8 @@ constexpr bool kMaximaInLoop = true;  // see update_elements
 #else
 using CodeTables = const void*;
 using Searches = const void*;
+// Not with AVX2 either: decoding a block ahead with 8-lane gathers made the 8-bit AVX2 step 1.23x
+// slower on Zen 4 than GCC's loads of single codes inside the update loop.
 constexpr bool kDecodeAhead = false;
 constexpr bool kMaximaInLoop = false;
 #endif
@@ -282,10 +296,7 @@ int64_t update_block(const UpdateArgs& a, int64_t t, int64_t blk, CodeTables cod
 #if defined(BNB8_SIMD_SEARCH)
       encode_block16<F32>(f, c, len, m, searches[k]);
 #else
-      const float* thr = a.search[k].thresholds;
-      const int32_t* lo = a.search[k].bucket_lo;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) c[i] = encode<Bucketed>(f[i], m, thr, lo);
+      encode_block_from_tables<F32, Bucketed>(f, c, len, m, a.search[k]);
 #endif
     }
   }
@@ -343,7 +354,7 @@ struct CallTables {
 
 template <class Rule, class T>
 void update_typed(const UpdateArgs& a) {
-  const bool bucketed = a.search[0].bucket_lo != nullptr;
+  const bool bucketed = a.search[0].bucket_table != nullptr;
   const CallTables tables(a, Rule::kStates, /*with_search=*/true);
   const CodeTables code = tables.codes();
   const Searches search = tables.searches();
@@ -405,7 +416,7 @@ struct Norms {
 
 template <template <class, bool> class Fn>
 void by_dtype(const QuantizeArgs& a) {
-  const bool bucketed = a.search.bucket_lo != nullptr;
+  const bool bucketed = a.search.bucket_table != nullptr;
   switch (a.dtype) {
     case DType::f32: bucketed ? Fn<F32, true>::run(a) : Fn<F32, false>::run(a); break;
     case DType::f16: bucketed ? Fn<F16, true>::run(a) : Fn<F16, false>::run(a); break;

@@ -34,7 +34,7 @@ template <class T, bool Bucketed, int BS>
 __global__ void __launch_bounds__(kThreads)
     quantize_kernel(const typename T::storage* __restrict__ x, uint8_t* __restrict__ codes,
                     float* __restrict__ absmax, int64_t n, const float* __restrict__ thresholds,
-                    const int32_t* __restrict__ bucket_lo) {
+                    const int32_t* __restrict__ bucket_table) {
   using S = typename T::storage;
   constexpr int TPB = (BS / kVec < kThreads) ? BS / kVec : kThreads;  // threads per block
   constexpr int kGroups = kThreads / TPB;                              // blocks per CTA step
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < kSteps; ++c) {
       uint8_t out[kVec];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) out[j] = encode<Bucketed>(v[c][j], scale, s_thr, bucket_lo);
+      for (int j = 0; j < kVec; ++j) out[j] = encode<Bucketed>(v[c][j], scale, s_thr, bucket_table);
       store_pack(codes + start, int64_t(c * TPB + t) * kVec, len, whole, out);
     }
   }
@@ -119,7 +119,7 @@ void launch_quantize(const QuantizeArgs& a, int device) {
   const int grid = persistent_grid<kernel>(device, (nblocks + kGroups - 1) / kGroups);
   kernel<<<grid, kThreads, 0, stream_of(a.stream)>>>(
       reinterpret_cast<const typename T::storage*>(a.x), reinterpret_cast<uint8_t*>(a.codes),
-      reinterpret_cast<float*>(a.absmax), a.n, a.search.thresholds, a.search.bucket_lo);
+      reinterpret_cast<float*>(a.absmax), a.n, a.search.thresholds, a.search.bucket_table);
   check_launch("quantize_blockwise kernel launch");
 }
 
@@ -138,7 +138,7 @@ void quantize_typed(const QuantizeArgs& a, int device) {
 
 template <class T>
 void quantize_dtype(const QuantizeArgs& a, int device) {
-  if (a.search.bucket_lo != nullptr) quantize_typed<T, true>(a, device);
+  if (a.search.bucket_table != nullptr) quantize_typed<T, true>(a, device);
   else quantize_typed<T, false>(a, device);
 }
 

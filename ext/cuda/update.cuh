@@ -36,7 +36,7 @@ struct Tables {
   Hyper hyper;
   const float* qmap[kMaxStates];
   const float* thresholds[kMaxStates];
-  const int32_t* bucket_lo[kMaxStates];
+  const int32_t* bucket_table[kMaxStates];
   const float* scales;              // [num_tensors][2] or null
   unsigned long long* nonfinite;    // += skipped gradient elements, or null
   double* norms;                    // [num_tensors][2] accumulators of the norms pass
@@ -158,7 +158,7 @@ __device__ __forceinline__ int64_t update_block(const TensorSlot& slot, int64_t 
       for (int c = 0; c < kLaneSteps; ++c) {
         uint8_t out[kVec];
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) out[j] = encode<Bucketed>(st[k][c][j], m, thresholds[k], tb.bucket_lo[k]);
+        for (int j = 0; j < kVec; ++j) out[j] = encode<Bucketed>(st[k][c][j], m, thresholds[k], tb.bucket_table[k]);
         store_pack(v.codes[k], lane_base(c, lane), v.len, v.whole, out);
       }
     } else {
@@ -284,7 +284,7 @@ inline Tables make_tables(const UpdateArgs& a, double* norms) {
   for (int k = 0; k < kMaxStates; ++k) {
     tb.qmap[k] = a.qmap[k];
     tb.thresholds[k] = a.search[k].thresholds;
-    tb.bucket_lo[k] = a.search[k].bucket_lo;
+    tb.bucket_table[k] = a.search[k].bucket_table;
   }
   tb.scales = a.scales;
   tb.nonfinite = reinterpret_cast<unsigned long long*>(a.nonfinite);
@@ -338,7 +338,7 @@ void visit_rule(int32_t rule, Fn&& fn) {
 template <int NS>
 bool all_bucketed(const UpdateArgs& a) {
   for (int k = 0; k < NS; ++k)
-    if (a.search[k].bucket_lo == nullptr) return false;
+    if (a.search[k].bucket_table == nullptr) return false;
   return true;
 }
 

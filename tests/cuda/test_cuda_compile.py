@@ -21,7 +21,7 @@ def test_compiled_update_op_matches_eager():
     qmaps = [F.create_dynamic_map(signed=True).cuda(), F.create_dynamic_map(signed=False).cuda()]
     tables = [F.code_search_tables(q) for q in qmaps]
     thresholds = [t for t, _ in tables]
-    bucket_lo = [b for _, b in tables]
+    bucket_table = [b for _, b in tables]
     hyper = _native.hyper_list(step_size=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
 
     def fresh():
@@ -47,7 +47,7 @@ def test_compiled_update_op_matches_eager():
             [],
             qmaps,
             thresholds,
-            bucket_lo,
+            bucket_table,
             hyper,
             None,
             nonfinite,

@@ -96,12 +96,12 @@ def test_quantize_unaligned_input_and_output():
     """A view that starts 1 element into its storage takes the scalar (unvectorised) path."""
     base = heavy_tailed((4097 + 1,), seed=11)
     x_cpu, x_gpu = base[1:], base.cuda()[1:]
-    thresholds, bucket_lo = F.code_search_tables(F.create_dynamic_map(signed=True))
+    thresholds, bucket_table = F.code_search_tables(F.create_dynamic_map(signed=True))
     results = []
     for x, dev in ((x_cpu, "cpu"), (x_gpu, "cuda")):
         codes = torch.empty(4097 + 1, dtype=torch.uint8, device=dev)[1:]
         absmax = torch.empty((4097 + 255) // 256, device=dev)
-        torch.ops.bnb8.quantize_blockwise_(x, thresholds.to(dev), bucket_lo.to(dev), 256, codes, absmax)
+        torch.ops.bnb8.quantize_blockwise_(x, thresholds.to(dev), bucket_table.to(dev), 256, codes, absmax)
         results.append((codes.cpu(), absmax.cpu()))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
@@ -112,13 +112,13 @@ def test_quantize_nonfinite_block_gets_nan_absmax():
     x = torch.randn(10 * 256, generator=gen(5))
     x[256 + 3] = float("nan")
     x[3 * 256 + 200] = float("inf")
-    thresholds, bucket_lo = F.code_search_tables(F.create_dynamic_map(signed=True))
+    thresholds, bucket_table = F.code_search_tables(F.create_dynamic_map(signed=True))
     results = []
     for dev in ("cpu", "cuda"):
         codes = torch.empty(x.numel(), dtype=torch.uint8, device=dev)
         absmax = torch.empty(10, device=dev)
         torch.ops.bnb8.quantize_blockwise_(
-            x.to(dev), thresholds.to(dev), bucket_lo.to(dev), 256, codes, absmax
+            x.to(dev), thresholds.to(dev), bucket_table.to(dev), 256, codes, absmax
         )
         results.append((codes.cpu(), absmax.cpu()))
     (codes_cpu, absmax_cpu), (codes_gpu, absmax_gpu) = results
@@ -232,7 +232,7 @@ class Problem:
                 self.absmaxes.append([])
         tables = [F.code_search_tables(q) for q in self.qmaps]
         self.thresholds = [t for t, _ in tables]
-        self.bucket_lo = [b for _, b in tables]
+        self.bucket_table = [b for _, b in tables]
         self.scales = torch.rand(len(shapes), 2, generator=g) + 0.5
         self.nonfinite = torch.zeros(1, dtype=torch.int64)
 
@@ -245,7 +245,7 @@ class Problem:
                 return [move(t) for t in x]
             return None if x is None else x.to(device, copy=True)
 
-        for name in ("params", "grads", "states", "absmaxes", "qmaps", "thresholds", "bucket_lo", "scales",
+        for name in ("params", "grads", "states", "absmaxes", "qmaps", "thresholds", "bucket_table", "scales",
                      "nonfinite"):  # fmt: skip
             setattr(out, name, move(getattr(self, name)))
         return out
@@ -257,10 +257,10 @@ class Problem:
 
     def update(self, with_scales: bool = True, skip_zeros: bool = False) -> None:
         states, absmaxes = self._lists()
-        bucket_lo = [b if b is not None else torch.empty(0, dtype=torch.int32, device=t.device)
-                     for b, t in zip(self.bucket_lo, self.thresholds)]  # fmt: skip
+        bucket_table = [b if b is not None else torch.empty(0, dtype=torch.int32, device=t.device)
+                     for b, t in zip(self.bucket_table, self.thresholds)]  # fmt: skip
         torch.ops.bnb8.optimizer_update_(
-            self.rule, self.params, self.grads, *states, *absmaxes, self.qmaps, self.thresholds, bucket_lo,
+            self.rule, self.params, self.grads, *states, *absmaxes, self.qmaps, self.thresholds, bucket_table,
             hyper(skip_zeros=int(skip_zeros)), self.scales if with_scales else None, self.nonfinite,
         )  # fmt: skip
 
@@ -396,7 +396,7 @@ def test_update_bisection_tables_match_bucketed(rule):
     """Without bucket tables (bisection search) the GPU computes exactly what it does with them."""
     a = Problem(rule, torch.float32, True, [(4097,), (3000,)], seed=2).to("cuda")
     b = a.to("cuda")
-    b.bucket_lo = [None for _ in b.bucket_lo]
+    b.bucket_table = [None for _ in b.bucket_table]
     a.update()
     b.update()
     for x, y in zip(a.params + sum(a.states, []), b.params + sum(b.states, [])):
@@ -444,7 +444,7 @@ def test_update_more_than_2_31_elements():
         """Blocks [first, end) of the one parameter, copied to the CPU."""
         out = object.__new__(Problem)
         out.rule, out.quantized, out.scales = problem.rule, problem.quantized, None
-        for name in ("qmaps", "thresholds", "bucket_lo"):
+        for name in ("qmaps", "thresholds", "bucket_table"):
             setattr(out, name, [None if t is None else t.cpu() for t in getattr(problem, name)])
         stop = min(end * BLOCK, n)
         out.params = [problem.params[0][first * BLOCK : stop].to("cpu", copy=True)]

@@ -14,10 +14,14 @@
 // gather-free AVX-512 walk in ext/cpu/simd_search.h (tested bit-exact against these on all inputs).
 //
 // Counting all 255 thresholds is too slow, so y's float bits pick a bucket (sign, exponent, 7 bits of
-// mantissa); bnb8.functional.code_search_tables precomputes for each bucket how many thresholds lie
-// below it (bucket_lo). For the dynamic maps at most one threshold falls inside any bucket, so
-// index = bucket_lo[bucket] + (y > thresholds[bucket_lo[bucket]]) — two table loads, no branches.
-// Tables with denser buckets use the branchless 8-step bisection instead.
+// mantissa); bnb8.functional.code_search_tables precomputes each bucket's entry in bucket_table:
+// lo, the number of thresholds below the bucket, in bits 16-23, and in bits 0-15 the place of
+// threshold lo inside the bucket. All values of a bucket share their top 16 bits, so the low 16 bits
+// order them (reversed for negatives, hence the flip in bucket_place), and for the dynamic maps at
+// most one threshold falls inside any bucket:
+//     index = lo + (bucket_place(y) > place of threshold lo)     — one table load, no branches.
+// A bucket that no threshold crosses has place 0xFFFF. Tables with denser buckets, or with a
+// threshold in bucket 0 (|y| < 2^-25, many binades), use the branchless 8-step bisection instead.
 #pragma once
 
 #include "bnb8/common.h"
@@ -31,8 +35,8 @@ constexpr int kNumBuckets = 2 * kHalfBuckets;
 
 // Lookup tables for one code table; all pointers live on the device of the kernel using them.
 struct CodeSearch {
-  const float* thresholds;  // 256 float32: rounded-down midpoints, thresholds[255] = +inf
-  const int32_t* bucket_lo; // kNumBuckets entries, or null when a bucket can hold > 1 threshold
+  const float* thresholds;     // 256 float32: rounded-down midpoints, thresholds[255] = +inf
+  const int32_t* bucket_table; // kNumBuckets entries (lo << 16 | place), or null: bisection
 };
 
 // Bucket of y in [-1, 1]: magnitude buckets 0..kHalfBuckets-1, negative values offset by kHalfBuckets.
@@ -44,9 +48,15 @@ BNB8_HD int32_t bucket_of(float y) {
   return b + int32_t(bits >> 31) * kHalfBuckets;
 }
 
-BNB8_HD int32_t nearest_code_bucketed(float y, const float* thresholds, const int32_t* bucket_lo) {
-  const int32_t lo = BNB8_LDG(bucket_lo + bucket_of(y));  // bucket_lo is global memory on a GPU
-  return lo + int32_t(y > thresholds[lo]);
+// Where y lies inside its bucket, in the order of the values: the low 16 bits, flipped for negatives.
+BNB8_HD uint32_t bucket_place(float y) {
+  const uint32_t bits = float_to_bits(y);
+  return (bits ^ uint32_t(int32_t(bits) >> 31)) & 0xFFFFu;
+}
+
+BNB8_HD int32_t nearest_code_bucketed(float y, const int32_t* bucket_table) {
+  const int32_t entry = BNB8_LDG(bucket_table + bucket_of(y));  // global memory on a GPU
+  return (entry >> 16) + int32_t(bucket_place(y) > uint32_t(entry & 0xFFFF));
 }
 
 BNB8_HD int32_t nearest_code_bisect(float y, const float* thresholds) {
@@ -67,9 +77,9 @@ BNB8_HD float normalize(float x, float absmax) {
 
 // Takes the table pointers by value (not a CodeSearch&): vectorisers need loop-invariant pointers.
 template <bool Bucketed>
-BNB8_HD uint8_t encode(float x, float absmax, const float* thresholds, const int32_t* bucket_lo) {
+BNB8_HD uint8_t encode(float x, float absmax, const float* thresholds, const int32_t* bucket_table) {
   const float y = normalize(x, absmax);
-  if constexpr (Bucketed) return uint8_t(nearest_code_bucketed(y, thresholds, bucket_lo));
+  if constexpr (Bucketed) return uint8_t(nearest_code_bucketed(y, bucket_table));
   else return uint8_t(nearest_code_bisect(y, thresholds));
 }
 
