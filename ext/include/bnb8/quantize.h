@@ -49,14 +49,15 @@ BNB8_HD int32_t bucket_of(float y) {
 }
 
 // Where y lies inside its bucket, in the order of the values: the low 16 bits, flipped for negatives.
-BNB8_HD uint32_t bucket_place(float y) {
-  const uint32_t bits = float_to_bits(y);
-  return (bits ^ uint32_t(int32_t(bits) >> 31)) & 0xFFFFu;
+// Signed 32-bit arithmetic throughout (places are 16-bit): SSE2 has no unsigned 32-bit comparison.
+BNB8_HD int32_t bucket_place(float y) {
+  const int32_t bits = int32_t(float_to_bits(y));
+  return (bits ^ (bits >> 31)) & 0xFFFF;
 }
 
 BNB8_HD int32_t nearest_code_bucketed(float y, const int32_t* bucket_table) {
   const int32_t entry = BNB8_LDG(bucket_table + bucket_of(y));  // global memory on a GPU
-  return (entry >> 16) + int32_t(bucket_place(y) > uint32_t(entry & 0xFFFF));
+  return (entry >> 16) + int32_t(bucket_place(y) > (entry & 0xFFFF));
 }
 
 BNB8_HD int32_t nearest_code_bisect(float y, const float* thresholds) {
