@@ -137,25 +137,19 @@ def _build_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     if c[0] < -1 or c[-1] > 1:
         return thr, None  # normalized values are clamped to [-1, 1]: buckets need the code inside it
     half = _native.C.HALF_BUCKETS
-    shift = 23 - _native.C.BUCKET_MANTISSA_BITS
-    floor_bits = _native.C.BUCKET_MIN_EXPONENT << 23
-    lo_bits = floor_bits + (torch.arange(half - 1, dtype=torch.int64) << shift)
-    lo_bits = torch.cat([torch.tensor([0]), lo_bits])
-    hi_bits = torch.cat([torch.tensor([floor_bits - 1]), lo_bits[1:] + (1 << shift) - 1])
+    shift = _native.C.BUCKET_SHIFT
+    lo_bits = torch.arange(half, dtype=torch.int64) << shift  # a bucket: the magnitudes sharing the top bits
     mag_lo = lo_bits.to(torch.int32).view(torch.float32)
-    mag_hi = hi_bits.to(torch.int32).view(torch.float32)
+    mag_hi = (lo_bits + (1 << shift) - 1).to(torch.int32).view(torch.float32)
     y_min = torch.cat([mag_lo, -mag_hi])  # smallest value of each bucket: positive half, then negative
     y_max = torch.cat([mag_hi, -mag_lo])
     lo = torch.searchsorted(thr, y_min)  # thresholds below the bucket
     inside = torch.searchsorted(thr, y_max) - lo  # thresholds a value of the bucket may cross
-    # Bucket 0 of each sign spans many binades (|y| < 2^-25 and zero), where y's low bits do not order
-    # the values: a threshold there needs the bisection (the linear map has one at 0).
-    if int(inside.max()) > 1 or int(inside[0]) or int(inside[half]):
+    if int(inside.max()) > 1:
         return thr, None
-    # Each entry: lo << 16 | the place of threshold lo inside the bucket. Inside a bucket every value
-    # shares its sign, exponent and top mantissa bits, so the low 16 bits order the values (reversed
-    # for negatives: flipped, as bucket_place does with y). A bucket that no threshold crosses gets
-    # 0xFFFF, which no place exceeds.
+    # Each entry: lo << 16 | the place of threshold lo inside the bucket. The values of a bucket differ
+    # only in their low 16 bits, which order them (reversed for negatives: flipped, as bucket_place does
+    # with y). A bucket that no threshold crosses gets 0xFFFF, which no place exceeds.
     thr_bits = thr.view(torch.int32).to(torch.int64)[lo.clamp(max=254)] & 0xFFFF
     negative = torch.arange(2 * half) >= half
     place = torch.where(negative, thr_bits ^ 0xFFFF, thr_bits)

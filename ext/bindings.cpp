@@ -127,8 +127,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("SLOT_WORDS") = kSlotWords;
   m.attr("NUM_BUCKETS") = kNumBuckets;
   m.attr("HALF_BUCKETS") = kHalfBuckets;
-  m.attr("BUCKET_MIN_EXPONENT") = kBucketMinExponent;
-  m.attr("BUCKET_MANTISSA_BITS") = kBucketMantissaBits;
+  m.attr("BUCKET_SHIFT") = kBucketShift;
   m.def("rules", &rules, "[(name, number of states)] in rule-index order");
   m.def("cpu_isa", &cpu::isa, "instruction set of the CPU kernels in use: avx512, avx2 or generic");
   m.def(

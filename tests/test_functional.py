@@ -78,39 +78,38 @@ def test_dynamic_maps_take_the_bucketed_path(signed):
     assert bucket_table is not None and bucket_table.dtype == torch.int32
 
 
-def test_a_threshold_in_bucket_0_takes_the_bisection_path():
-    """Bucket 0 spans many binades (|y| < 2**-25 and zero), where y's low bits do not order values:
-    256 evenly spaced codes from -1 to 1 have their middle threshold at exactly 0."""
-    thresholds, bucket_table = F.code_search_tables(torch.linspace(-1.0, 1.0, 256))
-    assert thresholds[127].item() == 0.0 and bucket_table is None
-
-
 def bucketed_search(y: torch.Tensor, bucket_table: torch.Tensor) -> torch.Tensor:
     """nearest_code_bucketed of quantize.h, written again with torch integer ops (int64: no sign
-    surprises): the bucket from y's bits, lo from bits 16-23 of its entry, plus one when y's place
-    in the bucket (low 16 bits, flipped for negatives) is above the entry's place."""
+    surprises): the bucket from y's top 16 bits, lo from bits 16-23 of its entry, plus one when y's
+    place in the bucket (low 16 bits, flipped for negatives) is above the entry's place."""
     C = _native.C
     bits = y.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     magnitude, negative = bits & 0x7FFFFFFF, bits >> 31
-    floor = C.BUCKET_MIN_EXPONENT << 23
-    above_floor = 1 + ((magnitude - floor) >> (23 - C.BUCKET_MANTISSA_BITS))
-    bucket = torch.where(magnitude >= floor, above_floor, 0) + negative * C.HALF_BUCKETS
+    bucket = (magnitude >> C.BUCKET_SHIFT) + negative * C.HALF_BUCKETS
     entry = bucket_table.to(torch.int64)[bucket]
     place = (bits ^ (negative * 0xFFFF)) & 0xFFFF
     return (entry >> 16) + (place > (entry & 0xFFFF)).long()
 
 
-@pytest.mark.parametrize("name", ["dyn_signed", "dyn_unsigned", "linear"])
+SEARCH_MAPS = {
+    **{name: MAPS[name] for name in ("dyn_signed", "dyn_unsigned", "linear")},
+    # bitsandbytes' linear map: codes 0 and 3.7e-9 (a linspace rounding), so a threshold at 1.9e-9
+    "bnb_linear": lambda: F.create_linear_map(signed=True),
+    # a threshold at exactly 0
+    "symmetric": lambda: torch.linspace(-1.0, 1.0, 256),
+}
+
+
+@pytest.mark.parametrize("name", list(SEARCH_MAPS))
 def test_bucket_table_counts_thresholds_below_y(name):
     """The bucket table's one lookup gives torch.searchsorted(thresholds, y) — the count of thresholds
     below y — for every threshold and its float neighbours, both ends of every bucket, zeros,
     denormals and random values of [-1, 1]."""
-    thresholds, bucket_table = F.code_search_tables(MAPS[name]())
+    thresholds, bucket_table = F.code_search_tables(SEARCH_MAPS[name]())
     assert bucket_table is not None
     C = _native.C
-    shift = 23 - C.BUCKET_MANTISSA_BITS
-    starts = (C.BUCKET_MIN_EXPONENT << 23) + (torch.arange(C.HALF_BUCKETS - 1, dtype=torch.int64) << shift)
-    ends = torch.cat([starts - 1, starts + (1 << shift) - 1])
+    starts = torch.arange(C.HALF_BUCKETS, dtype=torch.int64) << C.BUCKET_SHIFT
+    ends = starts + (1 << C.BUCKET_SHIFT) - 1
     magnitudes = torch.cat([starts, ends]).to(torch.int32).view(torch.float32)
     finite = thresholds[:-1]
     up, down = torch.full_like(finite, 2.0), torch.full_like(finite, -2.0)
@@ -356,7 +355,7 @@ _ISA_SCRIPT = textwrap.dedent(
 def test_every_cpu_variant_gives_the_same_codes(isa, tmp_path):
     """Each compiled instruction-set variant (picked by BNB8_CPU_ISA) is bit-exact with the default."""
     data = {}
-    for map_name, make in MAPS.items():
+    for map_name, make in {**MAPS, **SEARCH_MAPS}.items():
         code = make()
         for dtype in FLOAT_DTYPES:
             data[f"{map_name}-{DTYPE_IDS[dtype]}"] = (heavy_tailed(4096 + 65, dtype, code, seed=11), code, 64)

@@ -47,13 +47,9 @@ inline __m256 normalize8(__m256 x, float absmax) {
 // bucket_of() of quantize.h for 8 lanes of y in [-1, 1].
 inline __m256i bucket_of8(__m256 y) {
   const __m256i bits = _mm256_castps_si256(y);
-  const __m256i mag = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFFFFFF));
-  // (mag - floor) >> shift is negative below the floor: + 1 and a maximum with 0 make that bucket 0.
-  const __m256i above = _mm256_srai_epi32(_mm256_sub_epi32(mag, _mm256_set1_epi32(int32_t(kBucketMinExponent << 23))),
-                                          23 - kBucketMantissaBits);
-  const __m256i bucket = _mm256_max_epi32(_mm256_add_epi32(above, _mm256_set1_epi32(1)), _mm256_setzero_si256());
+  const __m256i magnitude = _mm256_srli_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x7FFFFFFF)), kBucketShift);
   const __m256i negative = _mm256_and_si256(_mm256_srai_epi32(bits, 31), _mm256_set1_epi32(kHalfBuckets));
-  return _mm256_add_epi32(bucket, negative);
+  return _mm256_add_epi32(magnitude, negative);
 }
 
 // bucket_place() of quantize.h for 8 lanes.

@@ -13,24 +13,23 @@
 // which is what every search below computes — nearest_code_bucketed, nearest_code_bisect, and the
 // gather-free AVX-512 walk in ext/cpu/simd_search.h (tested bit-exact against these on all inputs).
 //
-// Counting all 255 thresholds is too slow, so y's float bits pick a bucket (sign, exponent, 7 bits of
-// mantissa); bnb8.functional.code_search_tables precomputes each bucket's entry in bucket_table:
-// lo, the number of thresholds below the bucket, in bits 16-23, and in bits 0-15 the place of
-// threshold lo inside the bucket. All values of a bucket share their top 16 bits, so the low 16 bits
-// order them (reversed for negatives, hence the flip in bucket_place), and for the dynamic maps at
+// Counting all 255 thresholds is too slow, so y's top 16 bits (sign, exponent, 7 mantissa bits) pick a
+// bucket, and bnb8.functional.code_search_tables precomputes each bucket's entry in bucket_table: lo,
+// the number of thresholds below the bucket, in bits 16-23, and in bits 0-15 the place of threshold lo
+// inside the bucket. The values of a bucket differ only in their low 16 bits, which order them
+// (reversed for negatives, hence the flip in bucket_place), and for the dynamic and linear maps at
 // most one threshold falls inside any bucket:
 //     index = lo + (bucket_place(y) > place of threshold lo)     — one table load, no branches.
-// A bucket that no threshold crosses has place 0xFFFF. Tables with denser buckets, or with a
-// threshold in bucket 0 (|y| < 2^-25, many binades), use the branchless 8-step bisection instead.
+// A bucket that no threshold crosses has place 0xFFFF. Tables with two thresholds in a bucket use the
+// branchless 8-step bisection instead.
 #pragma once
 
 #include "bnb8/common.h"
 
 namespace bnb8 {
 
-constexpr int kBucketMantissaBits = 7;
-constexpr uint32_t kBucketMinExponent = 102;  // |y| < 2^-25 share bucket 0 of each sign
-constexpr int kHalfBuckets = 1 + ((128 - int(kBucketMinExponent)) << kBucketMantissaBits);
+constexpr int kBucketShift = 16;                                 // a bucket: one value of the top 16 bits
+constexpr int kHalfBuckets = (0x3F800000 >> kBucketShift) + 1;  // magnitudes 0..1 (0x3F800000 is 1.0f)
 constexpr int kNumBuckets = 2 * kHalfBuckets;
 
 // Lookup tables for one code table; all pointers live on the device of the kernel using them.
@@ -42,10 +41,7 @@ struct CodeSearch {
 // Bucket of y in [-1, 1]: magnitude buckets 0..kHalfBuckets-1, negative values offset by kHalfBuckets.
 BNB8_HD int32_t bucket_of(float y) {
   const uint32_t bits = float_to_bits(y);
-  const uint32_t mag = bits & 0x7FFFFFFFu;
-  const uint32_t floor_bits = kBucketMinExponent << 23;
-  const int32_t b = mag >= floor_bits ? int32_t(1 + ((mag - floor_bits) >> (23 - kBucketMantissaBits))) : 0;
-  return b + int32_t(bits >> 31) * kHalfBuckets;
+  return int32_t((bits & 0x7FFFFFFFu) >> kBucketShift) + int32_t(bits >> 31) * kHalfBuckets;
 }
 
 // Where y lies inside its bucket, in the order of the values: the low 16 bits, flipped for negatives.
