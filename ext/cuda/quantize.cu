@@ -3,8 +3,9 @@
 // quantize: a group of min(blocksize / 4, 256) threads owns one quantization block, each thread 4
 // consecutive elements per step (one vector load); a CTA of 256 threads holds 256 / group blocks.
 // The group reduces the block's absmax (warp shuffles, plus shared memory past 32 threads), then
-// every thread encodes its elements. The thresholds live in shared memory, the bucket table is read
-// through the read-only cache (BNB8_LDG in the header). CTAs are persistent: each loads the tables
+// every thread encodes its elements. The thresholds (for the bisection) live in shared memory, the
+// bucket table (127 KiB, of which a block touches a few buckets) is read through the read-only cache
+// (BNB8_LDG in the header). CTAs are persistent: each loads the tables
 // once and strides over blocks, with 64-bit indices throughout.
 #include "bnb8/quantize.h"
 #include "cuda/common.cuh"

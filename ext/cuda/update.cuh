@@ -5,7 +5,8 @@
 // fully coalesced vector loads per tensor), so the new absmax of a block is a 5-step warp shuffle
 // and no __syncthreads is needed. A CTA of 8 warps is persistent: it loads the code tables (qmap and
 // thresholds, 256 float32 each per state) into shared memory once and then strides over blocks; the
-// bucket table (26 KiB per state) is read through the read-only cache (BNB8_LDG in the header).
+// bucket table (127 KiB per state, of which a block touches a few buckets) is read through the
+// read-only cache (BNB8_LDG in the header).
 //
 // Multi-tensor: one launch covers up to kSlotsPerLaunch parameters, passed by value in the kernel's
 // parameter space (< 4 KiB, no copy to the device and no allocation); a warp finds its tensor by
