@@ -390,17 +390,19 @@ def test_run_search_covers_the_dynamic_and_linear_maps():
     assert search_runs(clustered_map()) == 0  # more runs than two registers hold: the tree alone
 
 
-def float32_sweep(stride: int, offset: int = 0) -> torch.Tensor:
-    """Every stride-th float32 in [-1, 1] by bit pattern (both signs, zeros, denormals), in blocks of
-    4096 that each start with 1.0, so absmax is 1 and y = x exactly."""
-    one = 0x3F800000
-    mags = torch.arange(offset, one + 1, stride, dtype=torch.int64)
+def float32_sweep(stride: int, offset: int = 0, stop: int = 0x3F800001) -> torch.Tensor:
+    """Every stride-th float32 in [-1, 1] by bit pattern (both signs, zeros, denormals), magnitude bit
+    patterns from offset up to stop (1.0 is 0x3F800000), in blocks of 4096 that each start with 1.0,
+    so absmax is 1 and y = x exactly."""
+    mags = torch.arange(offset, min(stop, 0x3F800001), stride, dtype=torch.int64)
     bits = torch.cat([mags, mags | (1 << 31)])
-    x = (bits - ((bits >> 31) << 32)).to(torch.int32).view(torch.float32).clone()
-    n = (x.numel() + 4095) // 4096 * 4096
-    out = torch.ones(n)
-    out.view(-1, 4096)[:, 1:].reshape(-1)[: x.numel()] = x[: n // 4096 * 4095]
-    return out
+    x = (bits - ((bits >> 31) << 32)).to(torch.int32).view(torch.float32)
+    rows = (x.numel() + 4094) // 4095
+    values = torch.ones(rows * 4095)  # the last row padded with 1.0
+    values[: x.numel()] = x
+    out = torch.ones(rows, 4096)
+    out[:, 1:] = values.view(rows, 4095)
+    return out.reshape(-1)
 
 
 def assert_counts_thresholds(x: torch.Tensor, code: torch.Tensor) -> None:
@@ -420,10 +422,25 @@ def test_quantize_exact_over_a_sweep_of_float32_bit_patterns(map_name):
     assert_counts_thresholds(float32_sweep(stride=4093, offset=1000), MAPS[map_name]())
 
 
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_bucket_table_searches_exact_over_a_sweep_of_float32_bit_patterns(isa, tmp_path):
+    """The variants that search the bucket table (AVX2's gather, the generic loop) against the
+    definition, the number of thresholds below y, on every map that has a bucket table."""
+    x = float32_sweep(stride=4093, offset=1000)
+    maps = {name: make() for name, make in {**MAPS, **SEARCH_MAPS}.items()}
+    data = {name: (x, code, 4096) for name, code in maps.items() if F.code_search_tables(code)[1] is not None}
+    assert {"dyn_signed", "dyn_unsigned", "bnb_linear", "symmetric"} <= data.keys()
+    other = run_under_isa(isa, _ISA_SCRIPT, data, tmp_path)
+    for name, code in maps.items():
+        if name in data:
+            want = torch.searchsorted(F.code_search_tables(code)[0], x)
+            assert torch.equal(other[name].long(), want), name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("map_name", list(MAPS))
 def test_quantize_exact_over_a_dense_sweep_of_float32_bit_patterns(map_name):
-    # 2 x 2 x 20M values per map; the full sweep (stride 1, 2.1e9 values) passed too, in ~100 s per map.
+    # 2 x 2 x 20M values per map. The full sweep, all 2.1e9 values: python tests/full_sweep.py
     code = MAPS[map_name]()
     for offset in (0, 26):
         assert_counts_thresholds(float32_sweep(stride=53, offset=offset), code)
