@@ -1,8 +1,10 @@
 // bnb8 — the bucketed nearest-code search of ext/include/bnb8/quantize.h, 8 lanes at a time with AVX2,
 // for the variant without AVX-512 (which searches in registers instead: simd_search.h).
-// Left to GCC, the `omp simd` loop over encode<true> computed each bucket's address in 64-bit lanes
-// (sign-extensions, 64-bit multiplies, two 4-lane gathers per 8 values); here the bucket index stays
-// 32-bit and the lookup is one 8-lane gather. Same results: tested bit-exact against the scalar search.
+// Left to GCC, the `omp simd` loop over encode<true> computes each bucket's address in 64-bit lanes
+// (sign extensions, 64-bit multiplies, two 4-lane gathers per 8 values); here the bucket index stays
+// 32-bit and the lookup is one 8-lane gather: the 8-bit AVX2 Adam step took 0.62-0.75x the time of
+// GCC's loop over the same table (harness, Zen 4). Same results: tested bit-exact against the scalar
+// search and swept over every float32 in [-1, 1] (tests/full_sweep.py).
 #pragma once
 
 #include "bnb8/quantize.h"
