@@ -428,13 +428,14 @@ def test_bucket_table_searches_exact_over_a_sweep_of_float32_bit_patterns(isa, t
     definition, the number of thresholds below y, on every map that has a bucket table."""
     x = float32_sweep(stride=4093, offset=1000)
     maps = {name: make() for name, make in {**MAPS, **SEARCH_MAPS}.items()}
-    data = {name: (x, code, 4096) for name, code in maps.items() if F.code_search_tables(code)[1] is not None}
+    tables = {name: F.code_search_tables(code) for name, code in maps.items()}
+    data = {
+        name: (x, maps[name], 4096) for name, (_, bucket_table) in tables.items() if bucket_table is not None
+    }
     assert {"dyn_signed", "dyn_unsigned", "bnb_linear", "symmetric"} <= data.keys()
     other = run_under_isa(isa, _ISA_SCRIPT, data, tmp_path)
-    for name, code in maps.items():
-        if name in data:
-            want = torch.searchsorted(F.code_search_tables(code)[0], x)
-            assert torch.equal(other[name].long(), want), name
+    for name in data:
+        assert torch.equal(other[name].long(), torch.searchsorted(tables[name][0], x)), name
 
 
 @pytest.mark.slow

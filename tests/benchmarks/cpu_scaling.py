@@ -165,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     import bnb8
     from bnb8._native import C
 
+    bitsandbytes_version = None
     if args.bitsandbytes:
         try:
-            import bitsandbytes  # noqa: F401
+            import bitsandbytes
         except ImportError as err:
             parser.error(f"--bitsandbytes: bitsandbytes is not importable ({err}); pip install bitsandbytes")
+        bitsandbytes_version = bitsandbytes.__version__
     counts = args.threads or default_threads()
     began = time.time()
     rows = []
@@ -188,10 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "seconds": round(time.time() - began, 1),
     }
-    if args.bitsandbytes:
-        import bitsandbytes
-
-        env["bitsandbytes"] = bitsandbytes.__version__
+    if bitsandbytes_version:
+        env["bitsandbytes"] = bitsandbytes_version
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu_scaling.json").write_text(
         json.dumps({"environment": env, "results": rows}, indent=2) + "\n"
