@@ -24,6 +24,7 @@ import bnb8.functional as F
 import bnb8.optim as optim
 from bnb8 import _native, _ops
 from bnb8.backends import reference
+from bnb8.optim.optimizer import QUANT_STATE_KEY
 from tests.conftest import run_under_isa
 
 DTYPE_IDS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -807,22 +808,24 @@ def test_loads_bitsandbytes_state_dict(name):
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("name", sorted(set(BNB_CLASSES) - {"ademamix"}))
-def test_bitsandbytes_loads_bnb8_state_dict(name):
-    """The other way round (AdEMAMix excepted: bitsandbytes wants its momenta stacked): bitsandbytes
-    loads bnb8's state dict and continues within quantization noise of bnb8."""
+@pytest.mark.parametrize("name", sorted(BNB_CLASSES))
+@pytest.mark.parametrize("size", [4097, 100])  # 8-bit state, and float32 state below min_8bit_size
+def test_bitsandbytes_loads_bnb8_state_dict(name, size):
+    """The other way round: bitsandbytes loads bnb8's state dict (state_dict() itself, or for AdEMAMix,
+    whose momenta bitsandbytes stacks, bitsandbytes_state_dict()) and continues within quantization
+    noise of bnb8."""
     bnb = _bnb()
     cls_name, kw = BNB_CLASSES[name]
     torch.manual_seed(0)
-    q = torch.nn.Parameter(torch.randn(4097) * 0.1)
+    q = torch.nn.Parameter(torch.randn(size) * 0.1)
     ours = BNB8_CLASSES[name]([q])
-    grads = [torch.randn(4097) * 0.01 for _ in range(4)]
+    grads = [torch.randn(size) * 0.01 for _ in range(4)]
     for g in grads[:2]:
         q.grad = g.clone()
         ours.step()
     p = torch.nn.Parameter(q.detach().clone())
     theirs = getattr(bnb.optim, cls_name)([p], **kw)
-    theirs.load_state_dict(ours.state_dict())
+    theirs.load_state_dict(ours.bitsandbytes_state_dict() if name == "ademamix" else ours.state_dict())
     for g in grads[2:]:
         p.grad, q.grad = g.clone(), g.clone()
         theirs.step()
@@ -830,6 +833,59 @@ def test_bitsandbytes_loads_bnb8_state_dict(name):
     assert torch.isfinite(p).all()
     if name not in ("lamb", "lars"):  # bitsandbytes' 8-bit LAMB/LARS are other updates (README)
         torch.testing.assert_close(p.detach(), q.detach(), atol=5e-3, rtol=0)
+
+
+def assert_state_dicts_equal(a, b) -> None:
+    """Same keys, values and tensors (dtype, shape and contents), all the way down."""
+    assert type(a) is type(b) or (isinstance(a, dict) and isinstance(b, dict)), (type(a), type(b))
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_state_dicts_equal(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_state_dicts_equal(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("name", sorted(BNB8_CLASSES))
+def test_bitsandbytes_layout_resumes_bit_exactly_and_leaves_the_optimizer_as_it_was(name):
+    """bitsandbytes_state_dict() loads back into bnb8 and continues exactly like the optimizer it came
+    from; making it changes nothing in that optimizer. Only AdEMAMix's layout differs from state_dict()."""
+    torch.manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(4097) * 0.1), torch.nn.Parameter(torch.randn(100) * 0.1)]
+    ours = BNB8_CLASSES[name](params)
+    grads = [[torch.randn_like(p) * 0.01 for p in params] for _ in range(4)]
+
+    def step(opt, ps, gs):
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+
+    for gs in grads[:2]:
+        step(ours, params, gs)
+    before = copy.deepcopy(ours.state_dict())
+    bnb_sd = copy.deepcopy(ours.bitsandbytes_state_dict())
+    assert_state_dicts_equal(ours.state_dict(), before)
+    quant = bnb_sd["state"][0][QUANT_STATE_KEY]
+    if name == "ademamix":
+        assert quant["state1"].shape == (2, 4097) and quant["absmax1"].shape[0] == 2
+        assert not {"state3", "absmax3", "qmap3"} & quant.keys()
+        assert bnb_sd["state"][1][QUANT_STATE_KEY]["state1"].shape == (2, 100)
+    else:
+        assert_state_dicts_equal(bnb_sd, before)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = BNB8_CLASSES[name](copies)
+    resumed.load_state_dict(bnb_sd)
+    for gs in grads[2:]:
+        step(ours, params, gs)
+        step(resumed, copies, gs)
+    for p, c in zip(params, copies):
+        assert torch.equal(p, c)
 
 
 def test_ademamix_loads_bitsandbytes_32bit_layout():

@@ -10,6 +10,7 @@ import torch
 
 from bnb8.optim.adam import _COMMON_ARGS_DOC, fixed_variant
 from bnb8.optim.optimizer import (
+    QUANT_STATE_KEY,
     Optimizer8bit,
     as_tuple,
     check_betas,
@@ -149,6 +150,18 @@ class AdEMAMix(Optimizer8bit):
             if "qmap1" in saved:
                 out["qmap3"] = saved["qmap1"]
         return out
+
+    def _bitsandbytes_param_state(self, param_state):
+        """The way back: m1 and m2 stacked in ``state1``, their absmax in ``absmax1``."""
+        quant = param_state.get(QUANT_STATE_KEY)
+        if not quant or "state3" not in quant:
+            return param_state
+        quant = dict(quant)
+        quant["state1"] = torch.stack([quant["state1"], quant.pop("state3")])
+        if "absmax3" in quant:
+            quant["absmax1"] = torch.stack([quant["absmax1"], quant.pop("absmax3")])
+        quant.pop("qmap3", None)  # the same signed map as qmap1
+        return {**param_state, QUANT_STATE_KEY: quant}
 
 
 AdEMAMix8bit = fixed_variant(AdEMAMix, "AdEMAMix8bit", bits=8)

@@ -859,6 +859,20 @@ class Optimizer8bit(torch.optim.Optimizer):
                 sd = replaced
         return sd
 
+    def bitsandbytes_state_dict(self) -> dict[str, Any]:
+        """``state_dict()`` in the layout bitsandbytes' optimizer of the same family keeps, to load into
+        it when switching back. The layouts are one for every family but AdEMAMix, whose two momenta
+        bitsandbytes stacks in ``state1`` (and their scales in ``absmax1``): that conversion copies
+        both momenta. bnb8 loads either layout."""
+        sd = self.state_dict()
+        sd["state"] = {index: self._bitsandbytes_param_state(state) for index, state in sd["state"].items()}
+        return sd
+
+    def _bitsandbytes_param_state(self, param_state: dict[str, Any]) -> dict[str, Any]:
+        """One parameter's entry of state_dict() in bitsandbytes' layout (a family whose layout
+        differs converts it here; see _convert_saved_state for the way back)."""
+        return param_state
+
     def _bnb_group_keys(self, group: dict[str, Any]) -> dict[str, Any]:
         """The keys bitsandbytes' optimizers of this family read from a group, from its settings."""
         out = dict(self.bnb_group_extras)
