@@ -185,8 +185,8 @@ def code_search_tables(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor |
     key = (code.device, tuple(code.detach().reshape(-1).cpu().tolist()))
     tables = _search_cache.get(key)
     if tables is None:
-        thr, lo = _build_search_tables(code)
-        tables = (thr.to(code.device), None if lo is None else lo.to(code.device))
+        thr, bucket_table = _build_search_tables(code)
+        tables = (thr.to(code.device), None if bucket_table is None else bucket_table.to(code.device))
         if len(_search_cache) > 64:
             _search_cache.clear()
         _search_cache[key] = tables

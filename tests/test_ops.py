@@ -55,7 +55,7 @@ def _adam_args(device: str, dtype: torch.dtype, eight_bit: bool, sizes=(300, 100
         qmaps = [F.dynamic_map(True, device), F.dynamic_map(False, device)]
         tables = [F.code_search_tables(q) for q in qmaps]
         thresholds = [t for t, _ in tables]
-        bucket_table = [lo for _, lo in tables]
+        bucket_table = [b for _, b in tables]
         qm = [F.quantize_blockwise(t, code=qmaps[0], blocksize=256) for t in m]
         qv = [F.quantize_blockwise(t, code=qmaps[1], blocksize=256) for t in v]
         state1, absmax1 = [c for c, _ in qm], [s.absmax for _, s in qm]
@@ -72,9 +72,9 @@ def _adam_args(device: str, dtype: torch.dtype, eight_bit: bool, sizes=(300, 100
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("eight_bit", [True, False], ids=["8bit", "32bit"])
 def test_opcheck_optimizer_update(device, dtype, eight_bit):
-    p, g, s1, s2, a1, a2, qmaps, thr, lo, hyper, scales = _adam_args(device, dtype, eight_bit)
+    p, g, s1, s2, a1, a2, qmaps, thr, buckets, hyper, scales = _adam_args(device, dtype, eight_bit)
     nonfinite = torch.zeros(1, dtype=torch.int64, device=device)
-    args = ("adam", p, g, s1, s2, [], a1, a2, [], qmaps, thr, lo, hyper, scales, nonfinite)
+    args = ("adam", p, g, s1, s2, [], a1, a2, [], qmaps, thr, buckets, hyper, scales, nonfinite)
     _opcheck(_ops.optimizer_update_, args)
 
 
@@ -222,7 +222,7 @@ def test_raw_dequantize_refuses_bad_buffers(device, change, match):
     ],
 )
 def test_raw_update_refuses_bad_buffers(device, where, match):
-    p, g, s1, s2, a1, a2, qmaps, thr, lo, hyper, scales = _adam_args(device, torch.float32, True)
+    p, g, s1, s2, a1, a2, qmaps, thr, buckets, hyper, scales = _adam_args(device, torch.float32, True)
     rule = "adam"
     if where == "absmax-dtype":
         a1[1] = a1[1].half()
@@ -239,7 +239,7 @@ def test_raw_update_refuses_bad_buffers(device, where, match):
     elif where == "thresholds":
         thr[0] = thr[0][:100]
     elif where == "bucket_table":
-        lo[1] = lo[1][:3]
+        buckets[1] = buckets[1][:3]
     elif where == "grad-size":
         g[0] = g[0][:-1]
     elif where == "scales":
@@ -249,6 +249,6 @@ def test_raw_update_refuses_bad_buffers(device, where, match):
     before = [t.clone() for t in p + s1 + s2 + a1]
     with pytest.raises((ValueError, TypeError), match=match):
         torch.ops.bnb8.optimizer_update_(
-            rule, p, g, s1, s2, [], a1, a2, [], qmaps, thr, lo, hyper, scales, None
+            rule, p, g, s1, s2, [], a1, a2, [], qmaps, thr, buckets, hyper, scales, None
         )
     assert all(torch.equal(a, b) for a, b in zip(p + s1 + s2 + a1, before))

@@ -351,13 +351,13 @@ def _rule_inputs(rule, dtype, eight_bit, sizes=(300, 4097)):
         values = [torch.randn(n) * 0.1 if signed else torch.rand(n) * 0.1 + 0.2 for n in sizes]
         if eight_bit:
             q = F.dynamic_map(signed)
-            thr, lo = F.code_search_tables(q)
+            thr, bucket_table = F.code_search_tables(q)
             quant = [F.quantize_blockwise(v, code=q, blocksize=256) for v in values]
             states.append([c for c, _ in quant])
             absmaxes.append([s.absmax for _, s in quant])
             qmaps.append(q)
             thresholds.append(thr)
-            buckets.append(lo)
+            buckets.append(bucket_table)
         else:
             states.append(values)
             absmaxes.append([])

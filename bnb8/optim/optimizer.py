@@ -793,10 +793,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         states0 = pstates[0]
         for key in spec.qmap_keys:
             qmap = states0[key]
-            thr, lo = self._search_tables(qmap)
+            thr, table = self._search_tables(qmap)
             qmaps.append(qmap)
             thresholds.append(thr)
-            buckets.append(lo if lo is not None else torch.empty(0, dtype=torch.int32, device=device))
+            buckets.append(table if table is not None else torch.empty(0, dtype=torch.int32, device=device))
         if self.is_paged:
             self._prefetch_paged([s for per_state in states for s in per_state], device)
         scales = self._gradient_scales(members, grads)

@@ -258,7 +258,7 @@ class Problem:
     def update(self, with_scales: bool = True, skip_zeros: bool = False) -> None:
         states, absmaxes = self._lists()
         bucket_table = [b if b is not None else torch.empty(0, dtype=torch.int32, device=t.device)
-                     for b, t in zip(self.bucket_table, self.thresholds)]  # fmt: skip
+                        for b, t in zip(self.bucket_table, self.thresholds)]  # fmt: skip
         torch.ops.bnb8.optimizer_update_(
             self.rule, self.params, self.grads, *states, *absmaxes, self.qmaps, self.thresholds, bucket_table,
             hyper(skip_zeros=int(skip_zeros)), self.scales if with_scales else None, self.nonfinite,
